@@ -1,0 +1,1 @@
+//! Media forwarding data plane (being written).

@@ -1,0 +1,2 @@
+//! Relay load generator (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! `popd`: the PoP appliance daemon (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! RFC 3550 receive statistics (being written)

@@ -1,0 +1,12 @@
+//! Wire formats of the PoP appliance, as checked views and typed representations.
+//!
+//! No I/O and no clock here. Every parser validates lengths once (`new_checked`/`parse`) and
+//! after that no accessor can panic: the data plane and the NG server feed untrusted bytes from
+//! the network straight into these types.
+#![forbid(unsafe_code)]
+
+pub mod bencode;
+pub mod rtcp;
+pub mod rtp;
+pub mod sdp;
+pub mod telephone_event;

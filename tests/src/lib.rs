@@ -1,0 +1,1 @@
+//! Harness for real-process tests (being written).
