@@ -1,2 +1,140 @@
-//! `popd`: the PoP appliance daemon (being written).
-fn main() {}
+//! `popd`: the PoP appliance daemon. One binary, a subcommand per service; each service runs as
+//! its own systemd unit. The logic lives in the service crates; this only parses arguments.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pop_relay::RelayConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "popd", version, about = "PoP appliance daemon")]
+struct Cli {
+    #[command(subcommand)]
+    service: Service,
+}
+
+#[derive(Debug, Subcommand)]
+enum Service {
+    /// RTP/RTCP media relay driven by the NG control protocol (rtpengine-compatible).
+    Relay(RelayArgs),
+}
+
+/// Flags override the config file; the result is validated before anything starts.
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// TOML configuration file (see image/etc/popd/relay.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NG control address (UDP).
+    #[arg(long, value_name = "ADDR:PORT")]
+    ng_listen: Option<SocketAddr>,
+    /// NG control address (TCP); off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    ng_listen_tcp: Option<SocketAddr>,
+    /// Address media is bound to and written into SDP.
+    #[arg(long, value_name = "IP")]
+    media_address: Option<IpAddr>,
+    /// Lowest media port.
+    #[arg(long, value_name = "N")]
+    port_min: Option<u16>,
+    /// Highest media port.
+    #[arg(long, value_name = "N")]
+    port_max: Option<u16>,
+    /// Data plane worker threads.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Data plane I/O backend: `uring` or `mmsg`.
+    #[arg(long, value_name = "uring|mmsg")]
+    io_backend: Option<String>,
+    /// CPUs to pin the workers to, comma-separated.
+    #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
+    pin_cpus: Option<Vec<usize>>,
+    /// Concurrent calls before offers are answered `load limit`.
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
+    /// Seconds without media before a call is closed.
+    #[arg(long, value_name = "SECS")]
+    no_media_timeout: Option<u64>,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+impl RelayArgs {
+    fn into_config(self) -> Result<(RelayConfig, bool), pop_relay::ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => RelayConfig::from_file(path)?,
+            None => RelayConfig::default(),
+        };
+        if let Some(v) = self.ng_listen {
+            cfg.ng.listen_udp = v;
+        }
+        if self.ng_listen_tcp.is_some() {
+            cfg.ng.listen_tcp = self.ng_listen_tcp;
+        }
+        if let Some(v) = self.media_address {
+            cfg.media.address = v;
+        }
+        if let Some(v) = self.port_min {
+            cfg.media.port_min = v;
+        }
+        if let Some(v) = self.port_max {
+            cfg.media.port_max = v;
+        }
+        if let Some(v) = self.workers {
+            cfg.dataplane.workers = v;
+        }
+        if let Some(v) = self.io_backend {
+            cfg.dataplane.backend = v;
+        }
+        if let Some(v) = self.pin_cpus {
+            cfg.dataplane.pin_cpus = v;
+        }
+        if let Some(v) = self.max_sessions {
+            cfg.limits.max_sessions = v;
+        }
+        if let Some(v) = self.no_media_timeout {
+            cfg.timeouts.no_media_secs = v;
+        }
+        cfg.validate()?;
+        Ok((cfg, self.check_config))
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POPD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.service {
+        Service::Relay(args) => {
+            let (cfg, check_only) = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("popd relay: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if check_only {
+                println!("{cfg:#?}");
+                return ExitCode::SUCCESS;
+            }
+            match pop_relay::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("popd relay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -6,4 +6,5 @@
 #![forbid(unsafe_code)]
 
 pub mod media;
+pub mod sdp_rewrite;
 pub mod stats;

@@ -165,11 +165,17 @@ mod tests {
         let mut buf = [0u8; 16];
         emit_header(&mut buf, 8, false, 1, 1, Ssrc(1)).unwrap();
         buf[0] |= 0x02; // two CSRCs need 20 bytes
-        assert_eq!(RtpPacket::new_checked(&buf[..]).unwrap_err(), RtpError::Truncated);
+        assert_eq!(
+            RtpPacket::new_checked(&buf[..]).unwrap_err(),
+            RtpError::Truncated
+        );
         buf[0] = 0x90; // extension header needs 16 bytes, then 4*len more
         buf[14] = 0;
         buf[15] = 1;
-        assert_eq!(RtpPacket::new_checked(&buf[..]).unwrap_err(), RtpError::Truncated);
+        assert_eq!(
+            RtpPacket::new_checked(&buf[..]).unwrap_err(),
+            RtpError::Truncated
+        );
     }
 
     #[test]
@@ -177,12 +183,21 @@ mod tests {
         let mut buf = [0u8; 20];
         emit_header(&mut buf, 8, false, 1, 1, Ssrc(1)).unwrap();
         buf[0] = 0x40;
-        assert_eq!(RtpPacket::new_checked(&buf[..]).unwrap_err(), RtpError::BadVersion);
+        assert_eq!(
+            RtpPacket::new_checked(&buf[..]).unwrap_err(),
+            RtpError::BadVersion
+        );
         buf[0] = 0xa0;
         buf[19] = 0;
-        assert_eq!(RtpPacket::new_checked(&buf[..]).unwrap_err(), RtpError::BadPadding);
+        assert_eq!(
+            RtpPacket::new_checked(&buf[..]).unwrap_err(),
+            RtpError::BadPadding
+        );
         buf[19] = 9;
-        assert_eq!(RtpPacket::new_checked(&buf[..]).unwrap_err(), RtpError::BadPadding);
+        assert_eq!(
+            RtpPacket::new_checked(&buf[..]).unwrap_err(),
+            RtpError::BadPadding
+        );
         buf[19] = 8;
         assert_eq!(RtpPacket::new_checked(&buf[..]).unwrap().payload().len(), 0);
     }

@@ -1,2 +1,0 @@
-//! Relay load generator (being written).
-fn main() {}

@@ -1,0 +1,1 @@
+//! SDP inspection and rewriting (being written)

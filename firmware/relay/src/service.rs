@@ -1,0 +1,244 @@
+//! The relay service: NG listeners (UDP, optional TCP) feeding one control loop that owns the
+//! sans-I/O core and the data plane handle.
+//!
+//! Control traffic is light (a few thousand requests per second at most), so one thread runs it
+//! all on a current-thread tokio runtime; the data plane workers never wait on it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pop_dataplane::{Dataplane, DataplaneError};
+use pop_relay_core::{CoreError, RelayCore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, RelayConfig};
+use crate::media_ops::DataplaneMedia;
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data plane could not start (io_uring missing an opcode, thread spawn...).
+    #[error("data plane: {0}")]
+    Dataplane(#[from] DataplaneError),
+    /// The core refused its configuration.
+    #[error("relay core: {0}")]
+    Core(#[from] CoreError),
+    /// A listener could not be opened.
+    #[error("cannot listen for NG on {proto} {addr}: {source}")]
+    Listen {
+        /// `udp` or `tcp`.
+        proto: &'static str,
+        /// Address from the configuration.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The async runtime could not be built.
+    #[error("cannot start the control runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Largest NG message accepted (a large SDP with many candidates is ~10 KiB; a TCP peer that
+/// sends more without completing a message is cut off).
+const MAX_NG_MESSAGE: usize = 256 * 1024;
+
+/// How often timeouts are swept at the latest, even if the core names no earlier deadline.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A request that arrived over TCP, forwarded to the control loop.
+struct TcpRequest {
+    message: Vec<u8>,
+    reply: oneshot::Sender<Option<Vec<u8>>>,
+}
+
+/// Runs the relay until SIGINT or SIGTERM. Logs `relay ready` once every listener is open.
+pub fn run(cfg: RelayConfig) -> Result<(), ServiceError> {
+    cfg.validate()?;
+    let dataplane = Dataplane::start(cfg.dataplane_config()?)?;
+    let core = RelayCore::new(cfg.core_config(), rand::random())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServiceError::Runtime)?;
+    let media = DataplaneMedia::new(dataplane);
+    let media = runtime.block_on(control_loop(&cfg, core, media))?;
+    let totals = media.totals();
+    info!(?totals, "relay stopped");
+    media.shutdown();
+    Ok(())
+}
+
+async fn control_loop(
+    cfg: &RelayConfig,
+    mut core: RelayCore,
+    mut media: DataplaneMedia,
+) -> Result<DataplaneMedia, ServiceError> {
+    let udp = UdpSocket::bind(cfg.ng.listen_udp)
+        .await
+        .map_err(|source| ServiceError::Listen {
+            proto: "udp",
+            addr: cfg.ng.listen_udp,
+            source,
+        })?;
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpRequest>(1024);
+    if let Some(addr) = cfg.ng.listen_tcp {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServiceError::Listen {
+                proto: "tcp",
+                addr,
+                source,
+            })?;
+        tokio::spawn(accept_tcp(listener, tcp_tx));
+    } else {
+        drop(tcp_tx);
+    }
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(
+            ServiceError::Runtime,
+        )?;
+    info!(
+        ng_udp = %cfg.ng.listen_udp,
+        ng_tcp = ?cfg.ng.listen_tcp,
+        media_address = %cfg.media.address,
+        ports = %format!("{}-{}", cfg.media.port_min, cfg.media.port_max),
+        backend = %cfg.dataplane.backend,
+        workers = cfg.dataplane.workers,
+        "relay ready"
+    );
+
+    let mut buf = vec![0u8; 65536];
+    let mut next_sweep = Instant::now() + MAX_SWEEP_INTERVAL;
+    loop {
+        tokio::select! {
+            received = udp.recv_from(&mut buf) => {
+                match received {
+                    Ok((len, from)) => {
+                        let now = Instant::now();
+                        let request = buf.get(..len).unwrap_or_default();
+                        if let Some(reply) = core.handle_datagram(now, &mut media, request) {
+                            if let Err(e) = udp.send_to(&reply, from).await {
+                                warn!(%from, error = %e, "cannot send NG reply");
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "NG receive failed"),
+                }
+            }
+            Some(request) = tcp_rx.recv() => {
+                let reply = core.handle_datagram(Instant::now(), &mut media, &request.message);
+                // The connection may have gone; nothing to do then.
+                let _ = request.reply.send(reply);
+            }
+            () = tokio::time::sleep_until(next_sweep.into()) => {
+                let now = Instant::now();
+                let next = core.poll_timeouts(now, &mut media);
+                let latest = now + MAX_SWEEP_INTERVAL;
+                next_sweep = next.map_or(latest, |n| n.clamp(now + Duration::from_millis(10), latest));
+            }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+        }
+    }
+    Ok(media)
+}
+
+async fn accept_tcp(listener: TcpListener, requests: mpsc::Sender<TcpRequest>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_tcp(stream, peer, requests.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "NG TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Splits `cookie SP bencode-value` messages out of a TCP byte stream. Returns the length of
+/// the first complete message, `Ok(None)` if more bytes are needed, or an error for garbage.
+pub fn ng_message_len(buf: &[u8]) -> Result<Option<usize>, String> {
+    let Some(space) = buf.iter().position(|&b| b == b' ') else {
+        return if buf.len() > 256 {
+            Err("no cookie delimiter in the first 256 bytes".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let body = buf.get(space + 1..).unwrap_or_default();
+    if body.is_empty() {
+        return Ok(None);
+    }
+    match pop_wire::bencode::decode_prefix(body) {
+        Ok((_, used)) => Ok(Some(space + 1 + used)),
+        Err(e) if e.is_incomplete() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, requests: mpsc::Sender<TcpRequest>) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Answer every complete message already buffered, in order.
+        loop {
+            let len = match ng_message_len(&buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(reason) => {
+                    warn!(%peer, %reason, "NG TCP stream is not NG; closing");
+                    return;
+                }
+            };
+            let message: Vec<u8> = buf.drain(..len).collect();
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if requests
+                .send(TcpRequest {
+                    message,
+                    reply: reply_tx,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if let Ok(Some(reply)) = reply_rx.await {
+                if stream.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if buf.len() > MAX_NG_MESSAGE {
+            warn!(%peer, "NG TCP message too large; closing");
+            return;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ng_message_len;
+
+    #[test]
+    fn tcp_framing_finds_message_boundaries() {
+        let two = b"abc d7:command4:pinge\x78yz d7:command4:pinge";
+        let first = ng_message_len(two).unwrap().unwrap();
+        assert_eq!(&two[..first], b"abc d7:command4:pinge");
+        assert_eq!(ng_message_len(b"abc d7:comma").unwrap(), None);
+        assert_eq!(ng_message_len(b"abc").unwrap(), None);
+        assert!(ng_message_len(b"abc x").is_err());
+        assert!(ng_message_len(&[b'a'; 300]).is_err());
+    }
+}
