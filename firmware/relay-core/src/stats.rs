@@ -349,7 +349,10 @@ mod tests {
     #[test]
     fn arrival_conversion_and_clock_rates() {
         assert_eq!(arrival_in_clock_units(Duration::from_millis(20), 8000), 160);
-        assert_eq!(arrival_in_clock_units(Duration::from_secs(1), 48_000), 48_000);
+        assert_eq!(
+            arrival_in_clock_units(Duration::from_secs(1), 48_000),
+            48_000
+        );
         assert_eq!(static_clock_rate(0), Some(8000));
         assert_eq!(static_clock_rate(9), Some(8000));
         assert_eq!(static_clock_rate(96), None);
