@@ -69,6 +69,9 @@ pub struct RunFigures {
     pub relay_socket_drops: u64,
     /// Kernel receive-queue drops on the load generator's sockets in the window.
     pub loadgen_socket_drops: u64,
+    /// Idle fraction of the relay's and the load generator's CPUs just before the run; well
+    /// under 1 means another process competed and the figures are not trustworthy.
+    pub host_idle_before: Vec<f64>,
 }
 
 impl RunFigures {
@@ -78,6 +81,11 @@ impl RunFigures {
         self.traffic.loadgen_cpu > 0.95
             || self.traffic.offered_pps < 0.97 * self.nominal_pps
             || self.loadgen_socket_drops > 0
+    }
+
+    /// Whether another process kept the benchmark's CPUs busy before the run (< 90 % idle).
+    pub fn host_busy(&self) -> bool {
+        self.host_idle_before.iter().any(|&i| i < 0.9)
     }
 }
 
@@ -128,6 +136,8 @@ pub fn measure_run(
             ),
         });
     }
+    let host_idle_before =
+        crate::host::cpu_idle_fractions(&[spec.cpu, spec.loadgen_cpu], Duration::from_millis(300));
     let mut relay = spec.start(instance)?;
     let sockets = EndpointSockets::bind(settings.loadgen_sockets, settings.loadgen_first_port)?;
     let endpoints: Vec<_> = (0..shape.sessions)
@@ -184,6 +194,7 @@ pub fn measure_run(
         relay_after,
         relay_socket_drops: rd1.saturating_sub(rd0),
         loadgen_socket_drops: ld1.saturating_sub(ld0),
+        host_idle_before,
         traffic: report,
     })
 }

@@ -159,7 +159,7 @@ pub fn run_line(relay: &str, f: &RunFigures) -> String {
         f.setup_pairs_per_s,
         f.traffic.loadgen_cpu * 100.0,
         if f.loadgen_saturated() { "  [loadgen saturated]" } else { "" },
-    )
+    ) + if f.host_busy() { "  [HOST BUSY: other processes on the benchmark CPUs, figures unreliable]" } else { "" }
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {

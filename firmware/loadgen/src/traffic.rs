@@ -207,6 +207,8 @@ pub struct TrafficReport {
     pub latency_max_us: f64,
     /// Sends the kernel refused (counted, not retried, so pacing holds).
     pub send_failures: u64,
+    /// Sends skipped because the load generator fell behind its schedule (whole run).
+    pub schedule_skips: u64,
     /// Datagrams that were not ours (wrong size or marker).
     pub foreign_packets: u64,
     /// Fraction of one core the load generator used in the measured window.
@@ -266,6 +268,7 @@ struct Run<'a> {
     sent_measured: u64,
     received_measured: u64,
     send_failures: u64,
+    schedule_skips: u64,
     foreign: u64,
 }
 
@@ -310,6 +313,7 @@ pub fn run(
         sent_measured: 0,
         received_measured: 0,
         send_failures: 0,
+        schedule_skips: 0,
         foreign: 0,
     };
     let mut tx = Sender {
@@ -351,9 +355,21 @@ pub fn run(
             if now >= end {
                 break;
             }
-            let horizon = u128::from(now + slack_ns - start);
-            // Due time of send k is k * interval / per_interval after the phase start.
-            while k * interval_ns / per_interval <= horizon {
+            let elapsed = u128::from(now - start);
+            // A load generator that fell more than one interval behind (overload phases, or a
+            // busy host) skips ahead instead of bursting the backlog: the offered rate is what
+            // was actually sent, which the report shows.
+            if k * interval_ns / per_interval + interval_ns < elapsed {
+                let target = elapsed * per_interval / interval_ns;
+                run.schedule_skips += u64::try_from(target - k).unwrap_or(u64::MAX);
+                k = target;
+            }
+            let horizon = elapsed + u128::from(slack_ns);
+            // Due time of send k is k * interval / per_interval after the phase start; at most
+            // a few batches per round so receiving is never starved.
+            let mut queued = 0;
+            while k * interval_ns / per_interval <= horizon && queued < 4 * BATCH {
+                queued += 1;
                 let slot = (k % per_interval) as usize % streams.len();
                 let stream = run.order.get(slot).copied().unwrap_or(0);
                 run.queue_send(&mut tx, stream, phase_id, phase.role == PhaseRole::Measure)?;
@@ -561,6 +577,7 @@ impl Run<'_> {
             latency_p99_us: self.hist.quantile(0.99) as f64 / 1e3,
             latency_max_us: self.hist.max() as f64 / 1e3,
             send_failures: self.send_failures,
+            schedule_skips: self.schedule_skips,
             foreign_packets: self.foreign,
             loadgen_cpu,
             recovery,

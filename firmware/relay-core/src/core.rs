@@ -540,7 +540,7 @@ impl RelayCore {
             }
             return None;
         }
-        if call.delete_at.is_some() || !call.next_media_check.is_some_and(|t| t <= now) {
+        if call.delete_at.is_some() || call.next_media_check.is_none_or(|t| t > now) {
             return None;
         }
         // Signalling counts as activity: a re-INVITE restarts the clock.

@@ -144,7 +144,7 @@ impl PortAllocator {
     }
 
     fn slot_of(&self, rtp_port: u16) -> Option<u16> {
-        if rtp_port < self.first_port || rtp_port % 2 != 0 {
+        if rtp_port < self.first_port || !rtp_port.is_multiple_of(2) {
             return None;
         }
         let slot = (rtp_port - self.first_port) / 2;
@@ -153,6 +153,7 @@ impl PortAllocator {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,8 @@
 //! Offer/answer/re-offer requirements: ports per leg, streams in the data plane, SDP rewritten
 //! with the relay's address, o= version bumped only on change.
 
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
 mod common;
 
 use common::*;
@@ -21,16 +23,26 @@ fn offer_allocates_both_legs_and_creates_the_stream_with_the_callers_address() {
     let out = reply_sdp(&reply);
     let spec = media.only_stream().clone();
     assert_eq!(spec.a.peer_rtp, Some("198.51.100.10:4000".parse().unwrap()));
-    assert_eq!(spec.a.peer_rtcp, Some("198.51.100.10:4001".parse().unwrap()));
+    assert_eq!(
+        spec.a.peer_rtcp,
+        Some("198.51.100.10:4001".parse().unwrap())
+    );
     assert_eq!(spec.b.peer_rtp, None, "callee unknown before the answer");
     assert_eq!(
         spec.policy,
-        MediaPolicy { latch: true, strict_source: false, media_handover: false }
+        MediaPolicy {
+            latch: true,
+            strict_source: false,
+            media_handover: false
+        }
     );
     // The offer goes to the callee, who must send to leg B.
     assert_eq!(media_ports(&out), vec![media.port_of(spec.b.local)]);
     assert!(out.contains("c=IN IP4 203.0.113.1"), "{out}");
-    assert!(!out.contains("198.51.100.10 "), "caller's address leaked into media lines: {out}");
+    assert!(
+        !out.contains("198.51.100.10 "),
+        "caller's address leaked into media lines: {out}"
+    );
     assert_eq!(media.bound.len(), 2);
     assert_eq!(core.session_count(), 1);
     assert_eq!(core.counters().sessions_created, 1);
@@ -42,7 +54,11 @@ fn answer_updates_the_callee_leg_and_returns_the_callers_leg_port() {
     let clock = Clock::new();
     let mut media = FakeMedia::new();
     let mut core = core_with(config());
-    core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")));
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    );
     let reply = core.handle_request(
         clock.now(),
         &mut media,
@@ -52,7 +68,10 @@ fn answer_updates_the_callee_leg_and_returns_the_callers_leg_port() {
     let spec = media.only_stream().clone();
     assert_eq!(spec.b.peer_rtp, Some("192.0.2.20:5000".parse().unwrap()));
     assert_eq!(spec.a.peer_rtp, Some("198.51.100.10:4000".parse().unwrap()));
-    assert_eq!(media_ports(&reply_sdp(&reply)), vec![media.port_of(spec.a.local)]);
+    assert_eq!(
+        media_ports(&reply_sdp(&reply)),
+        vec![media.port_of(spec.a.local)]
+    );
     assert_eq!((media.creates, media.updates), (1, 1));
 }
 
@@ -61,28 +80,65 @@ fn reinvite_reuses_ports_and_streams_and_bumps_version_only_on_change() {
     let clock = Clock::new();
     let mut media = FakeMedia::new();
     let mut core = core_with(config());
-    let o1 = reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, ""))));
-    let a1 = reply_sdp(&core.handle_request(clock.now(), &mut media, &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 7, ""))));
+    let o1 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    ));
+    let a1 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 7, "")),
+    ));
     let bound_before = media.bound_rtp_ports();
     let spec_before = media.only_stream().clone();
 
     // Same offer again (session refresh): same ports, same SDP, same version.
-    let o2 = reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, ""))));
-    assert_eq!(o2, o1, "an unchanged re-offer must produce the identical SDP");
-    let a2 = reply_sdp(&core.handle_request(clock.now(), &mut media, &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 7, ""))));
+    let o2 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    ));
+    assert_eq!(
+        o2, o1,
+        "an unchanged re-offer must produce the identical SDP"
+    );
+    let a2 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 7, "")),
+    ));
     assert_eq!(a2, a1);
 
     // Hold: the caller's SDP changes, so what the callee receives changes: version + 1.
     let hold = sdp("198.51.100.10", 4000, 2, "a=sendonly\r\n");
-    let o3 = reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &hold)));
+    let o3 =
+        reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &hold)));
     assert_ne!(o3, o1);
     assert_eq!(origin_version(&o3), origin_version(&o1) + 1);
     assert!(o3.contains("a=sendonly"), "{o3}");
     // The callee's answer did not change: the caller sees the same version as before.
-    let a3 = reply_sdp(&core.handle_request(clock.now(), &mut media, &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 7, "a=recvonly\r\n"))));
-    assert_eq!(origin_version(&a3), origin_version(&a1) + 1, "answer changed (recvonly)");
+    let a3 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &answer_req(
+            "c1",
+            "alice",
+            "bob",
+            &sdp("192.0.2.20", 5000, 7, "a=recvonly\r\n"),
+        ),
+    ));
+    assert_eq!(
+        origin_version(&a3),
+        origin_version(&a1) + 1,
+        "answer changed (recvonly)"
+    );
 
-    assert_eq!(media.bound_rtp_ports(), bound_before, "re-INVITE must not move ports");
+    assert_eq!(
+        media.bound_rtp_ports(),
+        bound_before,
+        "re-INVITE must not move ports"
+    );
     assert_eq!(media.only_stream().id, spec_before.id);
     assert_eq!(media.creates, 1);
     assert_eq!(core.counters().sessions_created, 1);
@@ -94,19 +150,37 @@ fn reinvite_from_the_callee_is_answered_with_the_caller_leg_ports() {
     let clock = Clock::new();
     let mut media = FakeMedia::new();
     let mut core = core_with(config());
-    core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")));
-    core.handle_request(clock.now(), &mut media, &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 7, "")));
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    );
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 7, "")),
+    );
     let spec = media.only_stream().clone();
     // In-dialog request from the callee: From carries bob's tag, To alice's.
     let mut reoffer = offer_req("c1", "bob", &sdp("192.0.2.21", 5002, 8, ""));
     reoffer.dict_insert("to-tag", "alice".into());
     let out = reply_sdp(&core.handle_request(clock.now(), &mut media, &reoffer));
-    assert_eq!(media_ports(&out), vec![media.port_of(spec.a.local)], "goes to alice, via leg A");
-    assert_eq!(media.only_stream().b.peer_rtp, Some("192.0.2.21:5002".parse().unwrap()));
+    assert_eq!(
+        media_ports(&out),
+        vec![media.port_of(spec.a.local)],
+        "goes to alice, via leg A"
+    );
+    assert_eq!(
+        media.only_stream().b.peer_rtp,
+        Some("192.0.2.21:5002".parse().unwrap())
+    );
     let back = answer_req("c1", "bob", "alice", &sdp("198.51.100.11", 4002, 2, ""));
     let out = reply_sdp(&core.handle_request(clock.now(), &mut media, &back));
     assert_eq!(media_ports(&out), vec![media.port_of(spec.b.local)]);
-    assert_eq!(media.only_stream().a.peer_rtp, Some("198.51.100.11:4002".parse().unwrap()));
+    assert_eq!(
+        media.only_stream().a.peer_rtp,
+        Some("198.51.100.11:4002".parse().unwrap())
+    );
 }
 
 #[test]
@@ -118,7 +192,8 @@ fn each_media_line_gets_its_own_stream_and_rejected_lines_keep_port_zero() {
         "{}m=video 4002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=video 0 RTP/AVP 97\r\n",
         sdp("198.51.100.10", 4000, 1, "")
     );
-    let out = reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &two)));
+    let out =
+        reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &two)));
     let ports = media_ports(&out);
     assert_eq!(ports.len(), 3);
     assert_eq!(ports[2], 0, "a rejected stream stays rejected");
@@ -135,7 +210,12 @@ fn flags_set_the_media_policy_and_sip_source_address_uses_received_from() {
         with(
             offer_req("c1", "alice", &sdp("10.0.0.5", 4000, 1, "")),
             "flags",
-            strings(&["strict-source", "media handover", "SIP-source-address", "port-latching"]),
+            strings(&[
+                "strict-source",
+                "media handover",
+                "SIP-source-address",
+                "port-latching",
+            ]),
         ),
         "received-from",
         strings(&["IP4", "198.51.100.99"]),
@@ -146,9 +226,17 @@ fn flags_set_the_media_policy_and_sip_source_address_uses_received_from() {
     assert!(spec.policy.strict_source && spec.policy.media_handover && spec.policy.latch);
     assert_eq!(spec.a.peer_rtp, Some("198.51.100.99:4000".parse().unwrap()));
 
-    let r = with(offer_req("c2", "carol", &sdp("10.0.0.5", 4000, 1, "")), "flags", strings(&["asymmetric", "trust address"]));
+    let r = with(
+        offer_req("c2", "carol", &sdp("10.0.0.5", 4000, 1, "")),
+        "flags",
+        strings(&["asymmetric", "trust address"]),
+    );
     core.handle_request(clock.now(), &mut media, &r);
-    let c2 = media.streams.values().find(|s| !s.policy.latch).expect("asymmetric stream");
+    let c2 = media
+        .streams
+        .values()
+        .find(|s| !s.policy.latch)
+        .expect("asymmetric stream");
     assert_eq!(c2.a.peer_rtp, Some("10.0.0.5:4000".parse().unwrap()));
 }
 
@@ -157,7 +245,11 @@ fn zero_address_hold_leaves_the_peer_to_latching() {
     let clock = Clock::new();
     let mut media = FakeMedia::new();
     let mut core = core_with(config());
-    core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("0.0.0.0", 4000, 1, "")));
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("0.0.0.0", 4000, 1, "")),
+    );
     assert_eq!(media.only_stream().a.peer_rtp, None);
 }
 
@@ -167,18 +259,32 @@ fn rtcp_mux_offered_is_passed_on_and_demux_is_honoured() {
     let mut media = FakeMedia::new();
     let mut core = core_with(config());
     let mux = sdp("198.51.100.10", 4000, 1, "a=rtcp-mux\r\n");
-    let out = reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &mux)));
+    let out =
+        reply_sdp(&core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &mux)));
     assert!(out.contains("a=rtcp-mux"), "{out}");
     let spec = media.only_stream().clone();
     assert!(spec.a.rtcp_mux);
-    assert_eq!(spec.a.peer_rtcp, spec.a.peer_rtp, "muxed RTCP goes to the RTP address");
+    assert_eq!(
+        spec.a.peer_rtcp, spec.a.peer_rtp,
+        "muxed RTCP goes to the RTP address"
+    );
 
-    let r = with(offer_req("c2", "carol", &mux), "rtcp-mux", strings(&["demux"]));
+    let r = with(
+        offer_req("c2", "carol", &mux),
+        "rtcp-mux",
+        strings(&["demux"]),
+    );
     let out = reply_sdp(&core.handle_request(clock.now(), &mut media, &r));
-    assert!(!out.contains("a=rtcp-mux"), "demux must not offer mux on: {out}");
+    assert!(
+        !out.contains("a=rtcp-mux"),
+        "demux must not offer mux on: {out}"
+    );
     let answer = answer_req("c2", "carol", "dave", &sdp("192.0.2.20", 5000, 1, ""));
     let back = reply_sdp(&core.handle_request(clock.now(), &mut media, &answer));
-    assert!(back.contains("a=rtcp-mux"), "demux accepts mux back to the offerer: {back}");
+    assert!(
+        back.contains("a=rtcp-mux"),
+        "demux accepts mux back to the offerer: {back}"
+    );
 }
 
 #[test]
@@ -193,8 +299,14 @@ fn ice_remove_and_replace_flags_reach_the_rewritten_sdp() {
         strings(&["origin", "session-connection"]),
     );
     let out = reply_sdp(&core.handle_request(clock.now(), &mut media, &r));
-    assert!(!out.contains("a=candidate") && !out.contains("ice-ufrag"), "{out}");
-    assert!(out.contains("o=- 1000 1 IN IP4 203.0.113.1"), "origin replaced: {out}");
+    assert!(
+        !out.contains("a=candidate") && !out.contains("ice-ufrag"),
+        "{out}"
+    );
+    assert!(
+        out.contains("o=- 1000 1 IN IP4 203.0.113.1"),
+        "origin replaced: {out}"
+    );
 }
 
 #[test]
@@ -202,11 +314,26 @@ fn answer_with_more_media_than_the_offer_is_refused() {
     let clock = Clock::new();
     let mut media = FakeMedia::new();
     let mut core = core_with(config());
-    core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")));
-    let two = format!("{}m=video 5002 RTP/AVP 96\r\n", sdp("192.0.2.20", 5000, 1, ""));
-    let reply = core.handle_request(clock.now(), &mut media, &answer_req("c1", "alice", "bob", &two));
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    );
+    let two = format!(
+        "{}m=video 5002 RTP/AVP 96\r\n",
+        sdp("192.0.2.20", 5000, 1, "")
+    );
+    let reply = core.handle_request(
+        clock.now(),
+        &mut media,
+        &answer_req("c1", "alice", "bob", &two),
+    );
     assert_eq!(result(&reply), "error");
-    assert!(error_reason(&reply).contains("more m= lines"), "{}", error_reason(&reply));
+    assert!(
+        error_reason(&reply).contains("more m= lines"),
+        "{}",
+        error_reason(&reply)
+    );
     assert_eq!(core.session_count(), 1, "the call survives a bad answer");
 }
 
@@ -215,8 +342,16 @@ fn query_reports_per_tag_counters_from_the_data_plane() {
     let clock = Clock::new();
     let mut media = FakeMedia::new();
     let mut core = core_with(config());
-    core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")));
-    core.handle_request(clock.now(), &mut media, &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 1, "")));
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    );
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &answer_req("c1", "alice", "bob", &sdp("192.0.2.20", 5000, 1, "")),
+    );
     let id = media.only_stream().id;
     let st = media.stats.entry(id).or_default();
     st.from_a.packets = 100;
@@ -227,15 +362,45 @@ fn query_reports_per_tag_counters_from_the_data_plane() {
     let q = req(vec![("command", "query".into()), ("call-id", "c1".into())]);
     let reply = core.handle_request(clock.now(), &mut media, &q);
     assert_eq!(result(&reply), "ok");
-    let alice = reply.dict_get("tags").and_then(|t| t.dict_get("alice")).expect("alice tag");
-    assert_eq!(alice.dict_get("in dialogue with").and_then(Value::as_str), Some("bob"));
+    let alice = reply
+        .dict_get("tags")
+        .and_then(|t| t.dict_get("alice"))
+        .expect("alice tag");
+    assert_eq!(
+        alice.dict_get("in dialogue with").and_then(Value::as_str),
+        Some("bob")
+    );
     let stream = &alice.dict_get("medias").unwrap().as_list().unwrap()[0]
-        .dict_get("streams").unwrap().as_list().unwrap()[0];
+        .dict_get("streams")
+        .unwrap()
+        .as_list()
+        .unwrap()[0];
     let stats = stream.dict_get("stats").unwrap();
     assert_eq!(stats.dict_get("packets").and_then(Value::as_int), Some(98));
     assert_eq!(stats.dict_get("bytes").and_then(Value::as_int), Some(17200));
     let totals = reply.dict_get("totals").unwrap();
-    assert_eq!(totals.dict_get("RTP").unwrap().dict_get("packets").and_then(Value::as_int), Some(148));
-    assert_eq!(totals.dict_get("RTP").unwrap().dict_get("errors").and_then(Value::as_int), Some(3));
-    assert_eq!(totals.dict_get("RTCP").unwrap().dict_get("packets").and_then(Value::as_int), Some(2));
+    assert_eq!(
+        totals
+            .dict_get("RTP")
+            .unwrap()
+            .dict_get("packets")
+            .and_then(Value::as_int),
+        Some(148)
+    );
+    assert_eq!(
+        totals
+            .dict_get("RTP")
+            .unwrap()
+            .dict_get("errors")
+            .and_then(Value::as_int),
+        Some(3)
+    );
+    assert_eq!(
+        totals
+            .dict_get("RTCP")
+            .unwrap()
+            .dict_get("packets")
+            .and_then(Value::as_int),
+        Some(2)
+    );
 }

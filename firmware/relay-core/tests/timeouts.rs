@@ -1,6 +1,8 @@
 //! Timeout requirements: no media, maximum duration, unanswered offer. Each closes the call,
 //! removes its streams and puts its ports into quarantine; the sweep polls statistics rarely.
 
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
 mod common;
 
 use std::time::Duration;
@@ -9,9 +11,17 @@ use common::*;
 use pop_relay_core::{CoreConfig, RelayCore};
 
 fn established(core: &mut RelayCore, media: &mut FakeMedia, clock: &Clock, call: &str) {
-    let o = core.handle_request(clock.now(), media, &offer_req(call, "alice", &sdp("198.51.100.10", 4000, 1, "")));
+    let o = core.handle_request(
+        clock.now(),
+        media,
+        &offer_req(call, "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    );
     assert_eq!(result(&o), "ok");
-    let a = core.handle_request(clock.now(), media, &answer_req(call, "alice", "bob", &sdp("192.0.2.20", 5000, 1, "")));
+    let a = core.handle_request(
+        clock.now(),
+        media,
+        &answer_req(call, "alice", "bob", &sdp("192.0.2.20", 5000, 1, "")),
+    );
     assert_eq!(result(&a), "ok");
 }
 
@@ -20,14 +30,20 @@ fn assert_closed_and_released(core: &RelayCore, media: &FakeMedia) {
     assert!(media.streams.is_empty(), "streams left in the data plane");
     assert!(media.bound.is_empty(), "ports left bound");
     assert_eq!(core.counters().ports_in_use, 0);
-    assert!(core.counters().ports_quarantined > 0, "released ports go to quarantine");
+    assert!(
+        core.counters().ports_quarantined > 0,
+        "released ports go to quarantine"
+    );
 }
 
 #[test]
 fn no_media_timeout_closes_a_call_that_never_received_a_packet() {
     let mut clock = Clock::new();
     let mut media = FakeMedia::new();
-    let mut core = core_with(CoreConfig { no_media_timeout: Duration::from_secs(60), ..config() });
+    let mut core = core_with(CoreConfig {
+        no_media_timeout: Duration::from_secs(60),
+        ..config()
+    });
     established(&mut core, &mut media, &clock, "c1");
     let next = core.poll_timeouts(clock.now(), &mut media);
     assert_eq!(next, Some(clock.now() + Duration::from_secs(60)));
@@ -43,7 +59,10 @@ fn no_media_timeout_closes_a_call_that_never_received_a_packet() {
 fn media_flowing_keeps_the_call_and_statistics_are_polled_rarely() {
     let mut clock = Clock::new();
     let mut media = FakeMedia::new();
-    let mut core = core_with(CoreConfig { no_media_timeout: Duration::from_secs(60), ..config() });
+    let mut core = core_with(CoreConfig {
+        no_media_timeout: Duration::from_secs(60),
+        ..config()
+    });
     established(&mut core, &mut media, &clock, "c1");
     media.set_idle(Some(20));
     // An hour of a driver polling every 10 ms would be 360,000 polls; simulate 10 minutes at
@@ -52,10 +71,16 @@ fn media_flowing_keeps_the_call_and_statistics_are_polled_rarely() {
         core.poll_timeouts(clock.advance(Duration::from_millis(100)), &mut media);
     }
     assert_eq!(core.session_count(), 1);
-    assert!(media.stats_calls <= 12, "{} stats polls in 10 minutes", media.stats_calls);
+    assert!(
+        media.stats_calls <= 12,
+        "{} stats polls in 10 minutes",
+        media.stats_calls
+    );
     // Media stops: the call ends one timeout after the last packet.
     media.set_idle(Some(60_000));
-    let next = core.poll_timeouts(clock.now(), &mut media).expect("a timer is set");
+    let next = core
+        .poll_timeouts(clock.now(), &mut media)
+        .expect("a timer is set");
     core.poll_timeouts(next, &mut media);
     assert_closed_and_released(&core, &media);
 }
@@ -77,8 +102,15 @@ fn unanswered_offer_timeout_closes_and_releases() {
     let mut clock = Clock::new();
     let mut media = FakeMedia::new();
     let t = Duration::from_secs(120);
-    let mut core = core_with(CoreConfig { unanswered_offer_timeout: t, ..config() });
-    core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")));
+    let mut core = core_with(CoreConfig {
+        unanswered_offer_timeout: t,
+        ..config()
+    });
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    );
     // Ringing without early media longer than the no-media timeout is fine.
     core.poll_timeouts(clock.advance(Duration::from_secs(90)), &mut media);
     assert_eq!(core.session_count(), 1);
@@ -92,7 +124,10 @@ fn max_duration_closes_even_with_media_flowing() {
     let mut clock = Clock::new();
     let mut media = FakeMedia::new();
     let max = Duration::from_secs(3600);
-    let mut core = core_with(CoreConfig { max_duration: Some(max), ..config() });
+    let mut core = core_with(CoreConfig {
+        max_duration: Some(max),
+        ..config()
+    });
     established(&mut core, &mut media, &clock, "c1");
     media.set_idle(Some(10));
     let start = clock.now();
@@ -104,10 +139,17 @@ fn max_duration_closes_even_with_media_flowing() {
         clock.advance(next - clock.now());
         polls += 1;
     }
-    assert_eq!(clock.now() - start, max, "closed exactly at the maximum duration");
+    assert_eq!(
+        clock.now() - start,
+        max,
+        "closed exactly at the maximum duration"
+    );
     assert_closed_and_released(&core, &media);
     assert_eq!(core.counters().sessions_timed_out_max_duration, 1);
-    assert!(polls <= 70, "jumping from deadline to deadline took {polls} polls");
+    assert!(
+        polls <= 70,
+        "jumping from deadline to deadline took {polls} polls"
+    );
 }
 
 #[test]
@@ -117,9 +159,21 @@ fn reinvite_counts_as_activity_for_the_no_media_timeout() {
     let mut core = core_with(config());
     established(&mut core, &mut media, &clock, "c1");
     clock.advance(Duration::from_secs(50));
-    core.handle_request(clock.now(), &mut media, &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 2, "a=sendonly\r\n")));
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req(
+            "c1",
+            "alice",
+            &sdp("198.51.100.10", 4000, 2, "a=sendonly\r\n"),
+        ),
+    );
     core.poll_timeouts(clock.advance(Duration::from_secs(20)), &mut media);
-    assert_eq!(core.session_count(), 1, "closed 70 s after setup despite a re-INVITE at 50 s");
+    assert_eq!(
+        core.session_count(),
+        1,
+        "closed 70 s after setup despite a re-INVITE at 50 s"
+    );
     core.poll_timeouts(clock.advance(Duration::from_secs(40)), &mut media);
     assert_eq!(core.session_count(), 0);
 }
@@ -135,12 +189,23 @@ fn many_due_timers_are_handled_in_bounded_batches() {
         ..config()
     });
     for i in 0..1000 {
-        core.handle_request(clock.now(), &mut media, &offer_req(&format!("c{i}"), "a", &sdp("198.51.100.10", 4000, 1, "")));
+        core.handle_request(
+            clock.now(),
+            &mut media,
+            &offer_req(&format!("c{i}"), "a", &sdp("198.51.100.10", 4000, 1, "")),
+        );
     }
     clock.advance(Duration::from_secs(10));
     let next = core.poll_timeouts(clock.now(), &mut media);
-    assert!(core.session_count() > 0, "all 1000 closed in one poll: not bounded");
-    assert_eq!(next, Some(clock.now()), "more work due: poll again immediately");
+    assert!(
+        core.session_count() > 0,
+        "all 1000 closed in one poll: not bounded"
+    );
+    assert_eq!(
+        next,
+        Some(clock.now()),
+        "more work due: poll again immediately"
+    );
     for _ in 0..10 {
         core.poll_timeouts(clock.now(), &mut media);
     }

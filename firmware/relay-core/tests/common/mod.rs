@@ -20,7 +20,10 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        Clock { base: Instant::now(), offset: Duration::ZERO }
+        Clock {
+            base: Instant::now(),
+            offset: Duration::ZERO,
+        }
     }
     pub fn now(&self) -> Instant {
         self.base + self.offset
@@ -105,16 +108,25 @@ impl MediaOps for FakeMedia {
         Ok(id)
     }
     fn release_ports(&mut self, ports: LocalPortsId) {
-        assert!(self.bound.remove(&ports).is_some(), "released unknown ports");
         assert!(
-            !self.streams.values().any(|s| s.a.local == ports || s.b.local == ports),
+            self.bound.remove(&ports).is_some(),
+            "released unknown ports"
+        );
+        assert!(
+            !self
+                .streams
+                .values()
+                .any(|s| s.a.local == ports || s.b.local == ports),
             "ports released while a stream uses them"
         );
         self.releases += 1;
     }
     fn create_stream(&mut self, spec: StreamSpec) -> Result<(), MediaError> {
         assert!(self.bound.contains_key(&spec.a.local) && self.bound.contains_key(&spec.b.local));
-        assert!(self.streams.insert(spec.id, spec).is_none(), "stream created twice");
+        assert!(
+            self.streams.insert(spec.id, spec).is_none(),
+            "stream created twice"
+        );
         self.creates += 1;
         Ok(())
     }
@@ -202,16 +214,26 @@ pub fn strings(items: &[&str]) -> Value {
 }
 
 pub fn result(reply: &Value) -> &str {
-    reply.dict_get("result").and_then(Value::as_str).unwrap_or("<no result>")
+    reply
+        .dict_get("result")
+        .and_then(Value::as_str)
+        .unwrap_or("<no result>")
 }
 
 pub fn error_reason(reply: &Value) -> &str {
-    reply.dict_get("error-reason").and_then(Value::as_str).unwrap_or("<no error-reason>")
+    reply
+        .dict_get("error-reason")
+        .and_then(Value::as_str)
+        .unwrap_or("<no error-reason>")
 }
 
 pub fn reply_sdp(reply: &Value) -> String {
     let sdp = reply.dict_get("sdp").and_then(Value::as_str);
-    assert!(sdp.is_some(), "reply has no sdp: {reply:?} ({})", error_reason(reply));
+    assert!(
+        sdp.is_some(),
+        "reply has no sdp: {reply:?} ({})",
+        error_reason(reply)
+    );
     sdp.unwrap().to_owned()
 }
 
@@ -237,7 +259,13 @@ pub fn datagram(cookie: &str, v: &Value) -> Vec<u8> {
 
 /// Splits a reply datagram into cookie and decoded dictionary.
 pub fn parse_datagram(d: &[u8]) -> (Vec<u8>, Value) {
-    let sp = d.iter().position(|&b| b == b' ').expect("reply has a cookie");
+    let sp = d
+        .iter()
+        .position(|&b| b == b' ')
+        .expect("reply has a cookie");
     let cookie = d[..sp].to_vec();
-    (cookie, bencode::decode(&d[sp + 1..]).expect("reply is bencode"))
+    (
+        cookie,
+        bencode::decode(&d[sp + 1..]).expect("reply is bencode"),
+    )
 }
