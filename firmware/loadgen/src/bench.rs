@@ -13,7 +13,9 @@ use crate::ng_client::{session_specs, NgClient};
 use crate::procstat::ProcSample;
 use crate::relay_process::{RelayProcess, RelaySpec};
 use crate::sdp_text::SdpOptions;
-use crate::traffic::{self, EndpointSockets, Phase, PhaseRole, TrafficConfig, TrafficReport, WindowObserver};
+use crate::traffic::{
+    self, EndpointSockets, Phase, PhaseRole, TrafficConfig, TrafficReport, WindowObserver,
+};
 
 /// Sockets a relay holds per session without rtcp-mux (RTP + RTCP on each side).
 pub const RELAY_SOCKETS_PER_SESSION: usize = 4;
@@ -98,23 +100,28 @@ struct RelayWindow<'a> {
 }
 
 impl RelayWindow<'_> {
-    fn snapshot(&mut self) -> Result<(ProcSample, u64, u64)> {
-        let s = self.relay.sample()?;
+    fn drops(&self) -> (u64, u64) {
         let (lo, hi) = self.relay_ports;
-        let relay_drops = traffic::udp_drops(|p| (lo..=hi).contains(&p));
         let ours = &self.loadgen_ports;
-        let loadgen_drops = traffic::udp_drops(|p| ours.contains(&p));
-        Ok((s, relay_drops, loadgen_drops))
+        (
+            traffic::udp_drops(|p| (lo..=hi).contains(&p)),
+            traffic::udp_drops(|p| ours.contains(&p)),
+        )
     }
 }
 
 impl WindowObserver for RelayWindow<'_> {
+    // The relay's CPU time is read last at the start and first at the end, so the slow
+    // `/proc/net/udp` scans stay outside its window.
     fn window_start(&mut self) -> Result<()> {
-        self.start = Some(self.snapshot()?);
+        let (relay, ours) = self.drops();
+        self.start = Some((self.relay.sample()?, relay, ours));
         Ok(())
     }
     fn window_end(&mut self) -> Result<()> {
-        self.end = Some(self.snapshot()?);
+        let s = self.relay.sample()?;
+        let (relay, ours) = self.drops();
+        self.end = Some((s, relay, ours));
         Ok(())
     }
 }
@@ -141,7 +148,12 @@ pub fn measure_run(
     let mut relay = spec.start(instance)?;
     let sockets = EndpointSockets::bind(settings.loadgen_sockets, settings.loadgen_first_port)?;
     let endpoints: Vec<_> = (0..shape.sessions)
-        .map(|i| (sockets.endpoint_addr(2 * i), sockets.endpoint_addr(2 * i + 1)))
+        .map(|i| {
+            (
+                sockets.endpoint_addr(2 * i),
+                sockets.endpoint_addr(2 * i + 1),
+            )
+        })
         .collect();
     let specs = session_specs(&format!("bench-{instance}"), 0, &endpoints);
     let mut ng = NgClient::connect(relay.ng())?;
@@ -201,7 +213,11 @@ pub fn measure_run(
 
 /// Most sessions the relay can hold within its port range and the open-file limit.
 pub fn max_sessions_for(spec: &RelaySpec, settings: &BenchSettings) -> usize {
-    let per = if settings.sdp.rtcp_mux { 2 } else { RELAY_SOCKETS_PER_SESSION };
+    let per = if settings.sdp.rtcp_mux {
+        2
+    } else {
+        RELAY_SOCKETS_PER_SESSION
+    };
     let ports = usize::from(spec.port_max.saturating_sub(spec.port_min)) + 1;
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| usize::try_from(soft).unwrap_or(1024));

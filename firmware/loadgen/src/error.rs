@@ -27,7 +27,9 @@ pub enum LoadgenError {
         source: std::io::Error,
     },
     /// The relay did not answer an NG `ping` in time after start.
-    #[error("relay `{name}` not ready after {waited_ms} ms (no NG pong on {ng}); see its log {log}")]
+    #[error(
+        "relay `{name}` not ready after {waited_ms} ms (no NG pong on {ng}); see its log {log}"
+    )]
     NotReady {
         /// Relay label.
         name: String,

@@ -9,8 +9,8 @@ use crate::error::{LoadgenError, Result};
 /// Raises the soft RLIMIT_NOFILE to the hard limit (20,000 on the benchmark host) and returns
 /// it. Relays started afterwards inherit it: 4,000 sessions hold 16,000 relay sockets.
 pub fn raise_nofile_limit() -> Result<u64> {
-    let (_, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| LoadgenError::sys("getrlimit(NOFILE)", e))?;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| LoadgenError::sys("getrlimit(NOFILE)", e))?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
         .map_err(|e| LoadgenError::sys("setrlimit(NOFILE)", e))?;
     Ok(hard)
@@ -55,7 +55,11 @@ fn cpu_times() -> Vec<(u64, u64)> {
     stat.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|l| {
-            let v: Vec<u64> = l.split_ascii_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u64> = l
+                .split_ascii_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
             let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
             // guest time is already included in user time
             (idle, v.iter().take(8).sum())

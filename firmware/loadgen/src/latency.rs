@@ -134,7 +134,17 @@ mod tests {
 
     #[test]
     fn bucket_bounds_contain_value() {
-        for v in [0u64, 1, 1023, 1024, 1025, 65_535, 1 << 20, 123_456_789, 1 << 40] {
+        for v in [
+            0u64,
+            1,
+            1023,
+            1024,
+            1025,
+            65_535,
+            1 << 20,
+            123_456_789,
+            1 << 40,
+        ] {
             let b = bucket_of(v);
             assert!(bucket_upper(b) >= v, "v {v}");
             if b > 0 {

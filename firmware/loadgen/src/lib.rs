@@ -7,6 +7,8 @@
 //! rtpengine in the same invocation and prints ratios; `relay-soak` hunts leaks and checks
 //! recovery after overload.
 #![forbid(unsafe_code)]
+// Tests may panic on a broken fixture; production code may not (workspace lint).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bench;
 pub mod clock;

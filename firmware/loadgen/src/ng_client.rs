@@ -89,7 +89,8 @@ impl std::fmt::Debug for Pending {
 impl NgClient {
     /// Opens a UDP socket towards the relay's NG address.
     pub fn connect(ng: SocketAddr) -> Result<Self> {
-        let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| LoadgenError::sys("bind NG socket", e))?;
+        let sock =
+            UdpSocket::bind("127.0.0.1:0").map_err(|e| LoadgenError::sys("bind NG socket", e))?;
         sock.connect(ng)
             .map_err(|e| LoadgenError::sys("connect NG socket", e))?;
         sock.set_read_timeout(Some(Duration::from_millis(5)))
@@ -156,7 +157,10 @@ impl NgClient {
 
     /// NG `statistics` reply.
     pub fn statistics(&mut self) -> Result<Value> {
-        let v = self.request("statistics", Value::dict([("command", Value::str("statistics"))]))?;
+        let v = self.request(
+            "statistics",
+            Value::dict([("command", Value::str("statistics"))]),
+        )?;
         check_ok("statistics", &v)?;
         Ok(v)
     }
@@ -176,7 +180,10 @@ impl NgClient {
             window,
             |job| {
                 let s = specs.get(job);
-                ("offer", s.map_or_else(|| Value::dict([]), |s| offer_body(s, job, opts)))
+                (
+                    "offer",
+                    s.map_or_else(|| Value::dict([]), |s| offer_body(s, job, opts)),
+                )
             },
             |job, command, reply| {
                 check_ok(command, reply)?;
@@ -271,7 +278,9 @@ impl NgClient {
                         continue; // reply to a retransmission already answered
                     };
                     match on_reply(p.job, p.command, &value)? {
-                        Some((command, body)) => self.send_new(&mut pending, p.job, command, &body)?,
+                        Some((command, body)) => {
+                            self.send_new(&mut pending, p.job, command, &body)?
+                        }
                         None => done += 1,
                     }
                 }
@@ -330,7 +339,10 @@ impl NgClient {
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
 }
 
 /// Splits `<cookie> <bencode>`.
@@ -380,7 +392,10 @@ fn offer_body(s: &SessionSpec, job: usize, opts: SdpOptions) -> Value {
         ("command", Value::str("offer")),
         ("call-id", Value::str(&s.call_id)),
         ("from-tag", Value::str(&s.from_tag)),
-        ("sdp", Value::str(&endpoint_sdp(s.caller, job as u64 * 2, opts))),
+        (
+            "sdp",
+            Value::str(&endpoint_sdp(s.caller, job as u64 * 2, opts)),
+        ),
     ])
 }
 
@@ -390,7 +405,10 @@ fn answer_body(s: &SessionSpec, job: usize, opts: SdpOptions) -> Value {
         ("call-id", Value::str(&s.call_id)),
         ("from-tag", Value::str(&s.from_tag)),
         ("to-tag", Value::str(&s.to_tag)),
-        ("sdp", Value::str(&endpoint_sdp(s.callee, job as u64 * 2 + 1, opts))),
+        (
+            "sdp",
+            Value::str(&endpoint_sdp(s.callee, job as u64 * 2 + 1, opts)),
+        ),
     ])
 }
 
@@ -461,7 +479,9 @@ mod tests {
         // A fake NG server that answers offers with port 20000 and answers with 20002, and drops
         // the first copy of every 3rd request to exercise retransmission.
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let addr = server.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
@@ -470,7 +490,7 @@ mod tests {
             while answered < 20 {
                 let (n, from) = server.recv_from(&mut buf).unwrap();
                 seen += 1;
-                if seen % 3 == 0 {
+                if seen.is_multiple_of(3) {
                     continue;
                 }
                 let (cookie, v) = split_reply(&buf[..n]).unwrap();
@@ -479,7 +499,8 @@ mod tests {
                 let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {port} RTP/AVP 0\r\n");
                 let mut out = cookie.to_vec();
                 out.push(b' ');
-                Value::dict([("result", Value::str("ok")), ("sdp", Value::str(&sdp))]).encode(&mut out);
+                Value::dict([("result", Value::str("ok")), ("sdp", Value::str(&sdp))])
+                    .encode(&mut out);
                 server.send_to(&out, from).unwrap();
                 answered += 1;
             }
@@ -500,7 +521,10 @@ mod tests {
     fn statistics_leaves_flattened() {
         let v = Value::dict([(
             "statistics",
-            Value::dict([("currentstatistics", Value::dict([("sessionsown", Value::int(3))]))]),
+            Value::dict([(
+                "currentstatistics",
+                Value::dict([("sessionsown", Value::int(3))]),
+            )]),
         )]);
         assert_eq!(
             integer_leaves(&v),

@@ -77,7 +77,8 @@ pub struct RelayProcess {
 }
 
 fn free_udp_port() -> Result<u16> {
-    let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| LoadgenError::sys("probe a free NG port", e))?;
+    let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| LoadgenError::sys("probe a free NG port", e))?;
     s.local_addr()
         .map(|a| a.port())
         .map_err(|e| LoadgenError::sys("probe a free NG port", e))
@@ -119,7 +120,12 @@ impl RelaySpec {
                 "--workers".into(),
                 self.threads.to_string(),
                 "--io-backend".into(),
-                if self.kind == RelayKind::PopdUring { "uring" } else { "mmsg" }.into(),
+                if self.kind == RelayKind::PopdUring {
+                    "uring"
+                } else {
+                    "mmsg"
+                }
+                .into(),
             ],
         };
         a.extend(self.extra_args.iter().cloned());
@@ -129,12 +135,15 @@ impl RelaySpec {
     /// Starts the relay pinned to `self.cpu` and waits until it answers `ping`.
     pub fn start(&self, instance: &str) -> Result<RelayProcess> {
         let ng = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port()?));
-        std::fs::create_dir_all(&self.log_dir).map_err(|e| LoadgenError::sys("create log directory", e))?;
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|e| LoadgenError::sys("create log directory", e))?;
         let name = format!("{}-{instance}", self.kind.label());
         let log = self.log_dir.join(format!("{name}.log"));
         let pidfile = self.log_dir.join(format!("{name}.pid"));
         let out = File::create(&log).map_err(|e| LoadgenError::sys("create relay log", e))?;
-        let err = out.try_clone().map_err(|e| LoadgenError::sys("create relay log", e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| LoadgenError::sys("create relay log", e))?;
         // The child inherits the spawning thread's CPU mask: pin ourselves to the relay's CPU for
         // the spawn so every thread the relay creates starts there, then move back.
         pin_current_thread(self.cpu)?;
@@ -149,7 +158,12 @@ impl RelaySpec {
             binary: self.binary.display().to_string(),
             source,
         })?;
-        let mut relay = RelayProcess { child, name, log, ng };
+        let mut relay = RelayProcess {
+            child,
+            name,
+            log,
+            ng,
+        };
         relay.wait_ready()?;
         Ok(relay)
     }

@@ -105,13 +105,33 @@ pub fn build(relays: Vec<RelayBench>, targets: Targets) -> BenchReport {
             });
         };
         if let Some(l) = &r.latency_run {
-            v("loss at 1000 sessions", l.traffic.loss_ratio, targets.loss_1000_max, l.traffic.loss_ratio < targets.loss_1000_max);
-            v("p99 latency at 1000 sessions (us)", l.traffic.latency_p99_us, targets.p99_1000_max_us, l.traffic.latency_p99_us < targets.p99_1000_max_us);
+            v(
+                "loss at 1000 sessions",
+                l.traffic.loss_ratio,
+                targets.loss_1000_max,
+                l.traffic.loss_ratio < targets.loss_1000_max,
+            );
+            v(
+                "p99 latency at 1000 sessions (us)",
+                l.traffic.latency_p99_us,
+                targets.p99_1000_max_us,
+                l.traffic.latency_p99_us < targets.p99_1000_max_us,
+            );
         }
         let rss = mib(r.memory_run.relay_after.rss_kib);
-        v("RSS many sessions (MiB)", rss, targets.rss_max_mib, rss <= targets.rss_max_mib);
+        v(
+            "RSS many sessions (MiB)",
+            rss,
+            targets.rss_max_mib,
+            rss <= targets.rss_max_mib,
+        );
         let setup = r.memory_run.setup_pairs_per_s;
-        v("setup offer+answer/s", setup, targets.setup_min_per_s, setup >= targets.setup_min_per_s);
+        v(
+            "setup offer+answer/s",
+            setup,
+            targets.setup_min_per_s,
+            setup >= targets.setup_min_per_s,
+        );
         if let Some(reference) = &reference {
             let cpu = match (&r.cpu_run, &reference.cpu_run) {
                 (Some(a), Some(b)) => ratio(a.relay_cpu_us_per_packet, b.relay_cpu_us_per_packet),
@@ -120,10 +140,20 @@ pub fn build(relays: Vec<RelayBench>, targets: Targets) -> BenchReport {
             let rate = ratio(r.search.max_rate_pps, reference.search.max_rate_pps);
             let bound = r.search.loadgen_bound || reference.search.loadgen_bound;
             if let Some(c) = cpu {
-                v("CPU/packet ratio vs rtpengine", c, targets.cpu_ratio_max, c <= targets.cpu_ratio_max);
+                v(
+                    "CPU/packet ratio vs rtpengine",
+                    c,
+                    targets.cpu_ratio_max,
+                    c <= targets.cpu_ratio_max,
+                );
             }
             if let Some(x) = rate {
-                v("max-rate ratio vs rtpengine", x, targets.rate_ratio_min, x >= targets.rate_ratio_min);
+                v(
+                    "max-rate ratio vs rtpengine",
+                    x,
+                    targets.rate_ratio_min,
+                    x >= targets.rate_ratio_min,
+                );
             }
             ratios.push(Ratios {
                 relay: r.relay,
@@ -172,7 +202,16 @@ pub fn render(r: &BenchReport) -> String {
     let _ = writeln!(
         s,
         "\n{:<11} {:>14} {:>10} {:>14} {:>11} {:>11} {:>9} {:>9} {:>11} {:>9}",
-        "relay", "CPU us/pkt@", "core %", "max pkt/s", "loss@1000", "p99@1000", "RSS MiB", "HWM MiB", "setup/s", "fds"
+        "relay",
+        "CPU us/pkt@",
+        "core %",
+        "max pkt/s",
+        "loss@1000",
+        "p99@1000",
+        "RSS MiB",
+        "HWM MiB",
+        "setup/s",
+        "fds"
     );
     for b in &r.relays {
         let cpu = b.cpu_run.as_ref();
@@ -208,7 +247,11 @@ pub fn render(r: &BenchReport) -> String {
                 opt(x.max_rate, 2),
                 opt(x.rss, 2),
                 opt(x.setup_rate, 2),
-                if x.loadgen_bound { "  (load generator saturated first: max-rate ratio is a lower bound, see CPU ratio)" } else { "" }
+                if x.loadgen_bound {
+                    "  (load generator saturated first: max-rate ratio is a lower bound, see CPU ratio)"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -83,6 +83,9 @@ mod tests {
     fn missing_parts_rejected() {
         assert_eq!(audio_destination("v=0\r\nm=audio 3000 RTP/AVP 0\r\n"), None);
         assert_eq!(audio_destination("v=0\r\nc=IN IP4 1.2.3.4\r\n"), None);
-        assert_eq!(audio_destination("c=IN IP6 ::1\r\nm=audio 1 RTP/AVP 0\r\n"), None);
+        assert_eq!(
+            audio_destination("c=IN IP6 ::1\r\nm=audio 1 RTP/AVP 0\r\n"),
+            None
+        );
     }
 }

@@ -17,7 +17,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessage, MsgFlags, MultiHeaders, SockaddrIn,
 };
-use pop_wire::rtp::{emit_header, Ssrc, RtpPacket, RTP_HEADER_LEN};
+use pop_wire::rtp::{emit_header, RtpPacket, Ssrc, RTP_HEADER_LEN};
 use serde::Serialize;
 
 use crate::clock::{monotonic_ns, NS_PER_MS, NS_PER_S};
@@ -292,7 +292,8 @@ pub fn run(
             reason: "at most 255 phases".into(),
         });
     }
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| LoadgenError::sys("epoll_create", e))?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(|e| LoadgenError::sys("epoll_create", e))?;
     for (i, s) in sockets.socks.iter().enumerate() {
         epoll
             .add(s, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
@@ -338,14 +339,15 @@ pub fn run(
     for (index, phase) in phases.iter().enumerate() {
         let phase_id = index as u8;
         let per_interval = (streams.len() as u128) * u128::from(phase.packets_per_interval.max(1));
+        if phase.role == PhaseRole::Measure {
+            // Before the clock starts: sampling a relay with 16,000 sockets takes a while.
+            observer.window_start()?;
+            cpu_at_start = procstat::self_cpu_s();
+        }
         let start = monotonic_ns();
         let end = start + u64::try_from(phase.duration.as_nanos()).unwrap_or(u64::MAX / 4);
         match phase.role {
-            PhaseRole::Measure => {
-                run.measure_phase = Some(phase_id);
-                observer.window_start()?;
-                cpu_at_start = procstat::self_cpu_s();
-            }
+            PhaseRole::Measure => run.measure_phase = Some(phase_id),
             PhaseRole::Recovery => run.recovery_phase = Some((phase_id, start)),
             PhaseRole::Warmup | PhaseRole::Overload => {}
         }
@@ -376,15 +378,17 @@ pub fn run(
                 k += 1;
             }
             run.flush(&mut tx, phase.role == PhaseRole::Measure)?;
-            let next_due = start + u64::try_from(k * interval_ns / per_interval).unwrap_or(u64::MAX / 4);
+            let next_due =
+                start + u64::try_from(k * interval_ns / per_interval).unwrap_or(u64::MAX / 4);
             let now = monotonic_ns();
             let wait_ms = next_due.saturating_sub(now + slack_ns) / NS_PER_MS;
             run.poll_receive(&epoll, &mut events, &mut rxb, wait_ms.min(10) as u16)?;
         }
         if phase.role == PhaseRole::Measure {
-            observer.window_end()?;
             measured_ns = monotonic_ns() - start;
-            loadgen_cpu = (procstat::self_cpu_s() - cpu_at_start) / (measured_ns as f64 / NS_PER_S as f64);
+            loadgen_cpu =
+                (procstat::self_cpu_s() - cpu_at_start) / (measured_ns as f64 / NS_PER_S as f64);
+            observer.window_end()?;
         }
     }
     let drain_end = monotonic_ns() + u64::try_from(cfg.drain.as_nanos()).unwrap_or(0);
@@ -395,7 +399,13 @@ pub fn run(
 }
 
 impl Run<'_> {
-    fn queue_send(&mut self, tx: &mut Sender, stream: usize, phase_id: u8, measured: bool) -> Result<()> {
+    fn queue_send(
+        &mut self,
+        tx: &mut Sender,
+        stream: usize,
+        phase_id: u8,
+        measured: bool,
+    ) -> Result<()> {
         let Some(route) = self.streams.get(stream) else {
             return Ok(());
         };
@@ -410,7 +420,14 @@ impl Run<'_> {
         });
         if let (Some(buf), Some(dest)) = (tx.bufs.get_mut(tx.len), tx.dests.get_mut(tx.len)) {
             let ssrc = Ssrc(0x5000_0000 | stream as u32);
-            emit_header(buf, PT_PCMU, false, seq as u16, (seq as u32).wrapping_mul(160), ssrc);
+            emit_header(
+                buf,
+                PT_PCMU,
+                false,
+                seq as u16,
+                (seq as u32).wrapping_mul(160),
+                ssrc,
+            );
             if let Some(p) = buf.get_mut(RTP_HEADER_LEN..RTP_HEADER_LEN + 25) {
                 // Send time is stamped at flush; stream, sequence, phase and marker now.
                 p[8..12].copy_from_slice(&(stream as u32).to_be_bytes());
@@ -438,10 +455,22 @@ impl Run<'_> {
             tx.len = 0;
             return Ok(());
         };
-        let iovs: Vec<[IoSlice<'_>; 1]> = tx.bufs.iter().take(tx.len).map(|b| [IoSlice::new(b)]).collect();
+        let iovs: Vec<[IoSlice<'_>; 1]> = tx
+            .bufs
+            .iter()
+            .take(tx.len)
+            .map(|b| [IoSlice::new(b)])
+            .collect();
         let dests = tx.dests.get(..tx.len).unwrap_or(&[]);
         let no_cmsgs: [ControlMessage<'_>; 0] = [];
-        let sent = match sendmmsg(sock.as_raw_fd(), &mut tx.headers, &iovs, dests, no_cmsgs, MsgFlags::MSG_DONTWAIT) {
+        let sent = match sendmmsg(
+            sock.as_raw_fd(),
+            &mut tx.headers,
+            &iovs,
+            dests,
+            no_cmsgs,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(r) => r.count(),
             Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::ECONNREFUSED | Errno::EINTR) => 0,
             Err(e) => return Err(LoadgenError::sys("sendmmsg", e)),
@@ -486,7 +515,13 @@ impl Run<'_> {
         let count = {
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
                 rxb.bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-            match recvmmsg(sock.as_raw_fd(), &mut rxb.headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
+            match recvmmsg(
+                sock.as_raw_fd(),
+                &mut rxb.headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
                 Ok(results) => {
                     let mut c = 0;
                     for (len, r) in rxb.lens.iter_mut().zip(results) {
@@ -603,7 +638,10 @@ fn parse_payload(d: &[u8]) -> Option<(u64, usize, u64, u8)> {
 }
 
 /// The two streams of each session: caller (endpoint 2i) → relay, callee (2i+1) → relay.
-pub fn session_streams(routes: &[crate::ng_client::SessionRoute], first_endpoint: usize) -> Vec<StreamRoute> {
+pub fn session_streams(
+    routes: &[crate::ng_client::SessionRoute],
+    first_endpoint: usize,
+) -> Vec<StreamRoute> {
     routes
         .iter()
         .enumerate()
@@ -670,7 +708,8 @@ mod tests {
         for (sock, to, dup) in [(relay_a, to_b, true), (relay_b, to_a, false)] {
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || {
-                sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(20)))
+                    .unwrap();
                 let mut buf = [0u8; 2048];
                 let mut n_fwd = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -678,7 +717,7 @@ mod tests {
                         sock.send_to(&buf[..n], to).unwrap();
                         n_fwd += 1;
                         // Direction A duplicates every 10th packet: must be reported, not counted.
-                        if dup && n_fwd % 10 == 0 {
+                        if dup && n_fwd.is_multiple_of(10) {
                             sock.send_to(&buf[..n], to).unwrap();
                         }
                     }
@@ -686,8 +725,14 @@ mod tests {
             }));
         }
         let streams = [
-            StreamRoute { sender: 0, dest: addr_a },
-            StreamRoute { sender: 1, dest: addr_b },
+            StreamRoute {
+                sender: 0,
+                dest: addr_a,
+            },
+            StreamRoute {
+                sender: 1,
+                dest: addr_b,
+            },
         ];
         let phases = [
             Phase {
@@ -701,7 +746,14 @@ mod tests {
                 packets_per_interval: 1,
             },
         ];
-        let r = run(&sockets, &streams, &phases, TrafficConfig::default(), &mut NoObserver).unwrap();
+        let r = run(
+            &sockets,
+            &streams,
+            &phases,
+            TrafficConfig::default(),
+            &mut NoObserver,
+        )
+        .unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in threads {
             t.join().unwrap();
@@ -711,7 +763,10 @@ mod tests {
         assert_eq!(r.received, r.sent, "{r:?}");
         assert_eq!(r.lost, 0);
         assert!(r.duplicates >= 1, "{r:?}");
-        assert!(r.latency_p50_us > 0.0 && r.latency_p99_us < 20_000.0, "{r:?}");
+        assert!(
+            r.latency_p50_us > 0.0 && r.latency_p99_us < 20_000.0,
+            "{r:?}"
+        );
         assert_eq!(r.foreign_packets, 0);
     }
 
@@ -734,7 +789,14 @@ mod tests {
             drain: Duration::from_millis(50),
             ..TrafficConfig::default()
         };
-        let r = run(&sockets, &[StreamRoute { sender: 0, dest }], &phases, cfg, &mut NoObserver).unwrap();
+        let r = run(
+            &sockets,
+            &[StreamRoute { sender: 0, dest }],
+            &phases,
+            cfg,
+            &mut NoObserver,
+        )
+        .unwrap();
         assert_eq!(r.recovery.unwrap().silent_streams, 1);
     }
 

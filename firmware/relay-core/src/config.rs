@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::error::CoreError;
 
+/// Longest accepted timer: keeps every `now + timer` far from `Instant` overflow.
+const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What the relay core needs to know to run: media address, port range, limits and timers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoreConfig {
@@ -126,6 +129,21 @@ impl CoreConfig {
                 "unanswered_offer_timeout",
                 "must be longer than zero".into(),
             ));
+        }
+        for (field, d) in [
+            ("port_quarantine", Some(self.port_quarantine)),
+            ("no_media_timeout", Some(self.no_media_timeout)),
+            ("max_duration", self.max_duration),
+            (
+                "unanswered_offer_timeout",
+                Some(self.unanswered_offer_timeout),
+            ),
+            ("delete_delay", Some(self.delete_delay)),
+            ("reply_cache_ttl", Some(self.reply_cache_ttl)),
+        ] {
+            if d.is_some_and(|d| d > MAX_TIMER) {
+                return Err(invalid(field, "must not exceed 365 days".into()));
+            }
         }
         if self.reply_cache_ttl.is_zero() {
             return Err(invalid(

@@ -10,7 +10,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod core;
 pub mod counters;
 pub mod error;
 pub mod media;
@@ -18,6 +17,7 @@ pub mod ports;
 pub mod sdp_rewrite;
 pub mod stats;
 
+mod engine;
 mod origin;
 mod replies;
 mod reply_cache;
@@ -25,7 +25,7 @@ mod request;
 mod session;
 
 pub use crate::config::CoreConfig;
-pub use crate::core::RelayCore;
 pub use crate::counters::{CloseReason, CoreCounters};
+pub use crate::engine::RelayCore;
 pub use crate::error::CoreError;
 pub use crate::ports::PortAllocator;

@@ -32,7 +32,6 @@ enum SlotState {
 }
 
 /// Hands out even RTP ports from a range, randomised, with quarantine after release.
-#[derive(Debug)]
 pub struct PortAllocator {
     first_port: u16,
     states: Vec<SlotState>,
@@ -41,6 +40,20 @@ pub struct PortAllocator {
     quarantine_for: Duration,
     in_use: usize,
     rng: SmallRng,
+}
+
+/// A summary: the free list holds thousands of entries and the RNG state is no one's business.
+impl std::fmt::Debug for PortAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortAllocator")
+            .field("first_port", &self.first_port)
+            .field("pairs", &self.states.len())
+            .field("in_use", &self.in_use)
+            .field("quarantined", &self.quarantine.len())
+            .field("free", &self.free.len())
+            .field("quarantine_for", &self.quarantine_for)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PortAllocator {

@@ -9,7 +9,6 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-#[derive(Debug)]
 struct Entry {
     request_digest: u64,
     reply: Vec<u8>,
@@ -27,8 +26,7 @@ pub(crate) enum Lookup<'a> {
     Miss,
 }
 
-/// Reply cache bounded by age and bytes.
-#[derive(Debug)]
+/// Reply cache bounded by age and bytes. No `Debug`: replies hold SDP.
 pub(crate) struct ReplyCache {
     ttl: Duration,
     max_bytes: usize,

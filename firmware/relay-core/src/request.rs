@@ -53,8 +53,9 @@ pub(crate) struct RtcpMuxFlags {
     pub reject: bool,
 }
 
-/// Parameters of `offer` and `answer`.
-#[derive(Debug, Clone, Default)]
+/// Parameters of `offer` and `answer`. No `Debug`: it holds the SDP, call-id and tags, which
+/// can carry phone numbers.
+#[derive(Clone, Default)]
 pub(crate) struct OfferAnswer<'a> {
     pub call_id: &'a [u8],
     pub from_tag: &'a [u8],
@@ -74,8 +75,8 @@ pub(crate) struct OfferAnswer<'a> {
     pub supports_load_limit: bool,
 }
 
-/// Parameters of `delete`.
-#[derive(Debug, Clone, Default)]
+/// Parameters of `delete` (no `Debug`, see [`OfferAnswer`]).
+#[derive(Clone, Default)]
 pub(crate) struct Delete<'a> {
     pub call_id: &'a [u8],
     pub from_tag: Option<&'a [u8]>,
@@ -85,8 +86,8 @@ pub(crate) struct Delete<'a> {
     pub delete_delay: Option<u64>,
 }
 
-/// Parameters of `query`.
-#[derive(Debug, Clone, Default)]
+/// Parameters of `query` (no `Debug`, see [`OfferAnswer`]).
+#[derive(Clone, Default)]
 pub(crate) struct Query<'a> {
     pub call_id: &'a [u8],
 }

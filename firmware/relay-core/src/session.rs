@@ -109,7 +109,6 @@ pub(crate) struct SentSdp {
 }
 
 /// One call (one SIP Call-ID).
-#[derive(Debug)]
 pub(crate) struct Call {
     pub call_id: Vec<u8>,
     /// SIP tags of side A and side B (B unknown until the answer, usually).
@@ -128,6 +127,23 @@ pub(crate) struct Call {
     pub sent_sdp: [Option<SentSdp>; 2],
     /// The entry this call holds in the timer set.
     pub deadline: Option<Instant>,
+}
+
+/// Call-ids and tags are left out: some user agents build them from phone numbers.
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("call_id", &format_args!("<{} bytes>", self.call_id.len()))
+            .field("streams", &self.streams)
+            .field("policy", &self.policy)
+            .field("created", &self.created)
+            .field("last_signal", &self.last_signal)
+            .field("unanswered_since", &self.unanswered_since)
+            .field("next_media_check", &self.next_media_check)
+            .field("delete_at", &self.delete_at)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Call {

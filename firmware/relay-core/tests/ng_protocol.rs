@@ -630,3 +630,63 @@ fn invalid_config_is_refused_with_the_field_named() {
     }
     assert!(RelayCore::new(CoreConfig::default(), 1).is_ok());
 }
+
+#[test]
+fn a_huge_requested_delete_delay_is_capped_not_a_panic() {
+    let mut clock = Clock::new();
+    let mut media = FakeMedia::new();
+    let mut core = core_with(config());
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "a", &sdp("198.51.100.10", 4000, 1, "")),
+    );
+    let d = with(delete_req("c1", "a"), "delete-delay", Value::int(i64::MAX));
+    assert_eq!(
+        result(&core.handle_request(clock.now(), &mut media, &d)),
+        "ok"
+    );
+    assert_eq!(core.session_count(), 1);
+    core.poll_timeouts(clock.advance(Duration::from_secs(3600)), &mut media);
+    assert_eq!(core.session_count(), 0, "capped at one hour");
+    let neg = with(delete_req("c2", "a"), "delete-delay", Value::int(-5));
+    assert_eq!(
+        result(&core.handle_request(clock.now(), &mut media, &neg)),
+        "error"
+    );
+}
+
+#[test]
+fn timers_beyond_a_year_are_refused_at_configuration() {
+    let cfg = CoreConfig {
+        max_duration: Some(Duration::from_secs(u64::MAX)),
+        ..config()
+    };
+    assert!(matches!(
+        RelayCore::new(cfg, 1),
+        Err(CoreError::InvalidConfig {
+            field: "max_duration",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn debug_output_does_not_show_call_ids_tags_or_sdp() {
+    let clock = Clock::new();
+    let mut media = FakeMedia::new();
+    let mut core = core_with(config());
+    let d = datagram(
+        "k1",
+        &offer_req(
+            "sip-4915551234567",
+            "tag-4915551234567",
+            &sdp("198.51.100.10", 4000, 1, ""),
+        ),
+    );
+    core.handle_datagram(clock.now(), &mut media, &d);
+    let shown = format!("{core:?}");
+    assert!(!shown.contains("4915551234567"), "{shown}");
+    assert!(!shown.contains("198.51.100.10"), "{shown}");
+    assert!(shown.contains("sessions: 1"), "{shown}");
+}

@@ -14,10 +14,17 @@ use pop_loadgen::sdp_text::SdpOptions;
 use pop_loadgen::{host, LoadgenError};
 
 #[derive(Debug, Parser)]
-#[command(name = "relay-bench", about = "Benchmark popd relay against rtpengine (same invocation)")]
+#[command(
+    name = "relay-bench",
+    about = "Benchmark popd relay against rtpengine (same invocation)"
+)]
 struct Cli {
     /// Relays to run, in order: rtpengine, popd-uring, popd-mmsg.
-    #[arg(long, value_delimiter = ',', default_value = "rtpengine,popd-uring,popd-mmsg")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "rtpengine,popd-uring,popd-mmsg"
+    )]
     relays: Vec<String>,
     /// popd binary.
     #[arg(long, default_value = "target/release/popd")]
@@ -125,7 +132,9 @@ fn run(cli: &Cli) -> Result<bool, LoadgenError> {
         setup_window: cli.setup_window,
         loadgen_sockets: cli.loadgen_sockets,
         loadgen_first_port: 40_000,
-        sdp: SdpOptions { rtcp_mux: cli.rtcp_mux },
+        sdp: SdpOptions {
+            rtcp_mux: cli.rtcp_mux,
+        },
     };
     let step_shape = RunShape {
         sessions: 0,
@@ -157,7 +166,11 @@ fn run(cli: &Cli) -> Result<bool, LoadgenError> {
         let kind = kind(name)?;
         let spec = RelaySpec {
             kind,
-            binary: if kind == RelayKind::Rtpengine { cli.rtpengine.clone() } else { cli.popd.clone() },
+            binary: if kind == RelayKind::Rtpengine {
+                cli.rtpengine.clone()
+            } else {
+                cli.popd.clone()
+            },
             port_min: cli.port_min,
             port_max: cli.port_max,
             cpu: cli.relay_cpu,
@@ -178,9 +191,15 @@ fn run(cli: &Cli) -> Result<bool, LoadgenError> {
         source: std::io::Error::other(e),
     })?;
     if let Some(dir) = cli.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| LoadgenError::Report { path: cli.json.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| LoadgenError::Report {
+            path: cli.json.clone(),
+            source,
+        })?;
     }
-    std::fs::write(&cli.json, json).map_err(|source| LoadgenError::Report { path: cli.json.clone(), source })?;
+    std::fs::write(&cli.json, json).map_err(|source| LoadgenError::Report {
+        path: cli.json.clone(),
+        source,
+    })?;
     println!("JSON report: {}", cli.json.display());
     Ok(!cli.enforce_targets || full.verdicts.iter().all(|v| v.pass))
 }

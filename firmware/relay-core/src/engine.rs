@@ -22,6 +22,8 @@ use crate::session::{BoundPorts, Call, SentSdp, Side, Stream};
 const BIND_ATTEMPTS: usize = 16;
 /// Cookies longer than this are answered but not cached (Kamailio's are ~20 bytes).
 const MAX_CACHED_COOKIE: usize = 128;
+/// Cap on a `delete delay` given in a request: a client must not pin ports for days.
+const MAX_REQUESTED_DELETE_DELAY_SECS: u64 = 3600;
 /// Timers handled per [`RelayCore::poll_timeouts`] call, so one call never stalls the NG
 /// socket; the rest are reported as due immediately.
 const MAX_TIMERS_PER_POLL: usize = 256;
@@ -30,7 +32,6 @@ type CallKey = u64;
 
 /// The relay's control brain: answers NG requests, owns calls, ports and timers, and tells
 /// the data plane what to do through [`MediaOps`]. Single-threaded and clock-free.
-#[derive(Debug)]
 pub struct RelayCore {
     cfg: CoreConfig,
     ports: PortAllocator,
@@ -42,6 +43,20 @@ pub struct RelayCore {
     next_call_key: CallKey,
     next_stream_id: u64,
     offer_window: Option<(Instant, u32)>,
+}
+
+/// Summary only: the call table and reply cache hold call-ids, tags and SDP, which can carry
+/// phone numbers.
+impl std::fmt::Debug for RelayCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayCore")
+            .field("cfg", &self.cfg)
+            .field("sessions", &self.calls.len())
+            .field("timers", &self.timers.len())
+            .field("ports", &self.ports)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the offer/answer code needs from the request, by direction.
@@ -462,7 +477,7 @@ impl RelayCore {
         let stats = self.call_stats(media, key);
         let delay = d
             .delete_delay
-            .map(Duration::from_secs)
+            .map(|s| Duration::from_secs(s.min(MAX_REQUESTED_DELETE_DELAY_SECS)))
             .unwrap_or(self.cfg.delete_delay);
         if let Some(mut call) = self.calls.remove(&key) {
             if delay.is_zero() {
