@@ -127,6 +127,14 @@ fn rtpengine_reproduces_stored_corpus() {
     }
 }
 
+/// Cases where popd deliberately keeps a call's ports where rtpengine moves it to new ones:
+/// rtpengine 10.5 allocates new local ports when a re-INVITE changes the offerer's media port;
+/// popd keeps the call's ports, so the other party's latched flow (and any NAT or firewall
+/// pinhole on its side) stays valid. The issue compares SDP "on every line except ports"; in
+/// these cases ports are numbered per SDP body instead of per call, so every other line —
+/// including whether `a=rtcp` repeats the RTP port — is still compared.
+const PORTS_RENUMBERED_PER_BODY: &[&str] = &["reinvite"];
+
 /// popd gives the same SDP as rtpengine for every corpus case.
 #[test]
 fn popd_answers_like_rtpengine() {
@@ -160,6 +168,10 @@ fn popd_answers_like_rtpengine() {
             };
             for ((step, e), g) in case.steps.iter().zip(&expected).zip(&got) {
                 let label = format!("{}/{}", case.name, step.label);
+                if PORTS_RENUMBERED_PER_BODY.contains(&case.name.as_str()) {
+                    left.masker = PortMasker::new();
+                    right.masker = PortMasker::new();
+                }
                 if let Some(m) = compare(&label, &mut left, e, &mut right, g) {
                     mismatches.push(m);
                 }

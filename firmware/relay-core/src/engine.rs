@@ -430,9 +430,12 @@ impl RelayCore {
             }
             let plan = match stream.leg(receiver).ports {
                 // With mux, `a=rtcp` carries the RTP port; without, the pair's odd port.
+                // An offer that proposes mux still advertises the separate RTCP port (the
+                // answerer may refuse mux), as rtpengine does; only `require` leaves it out.
                 Some(ports) if !info.port_zero => MediaPlan {
                     rtp_port: ports.rtp_port,
-                    rtcp_port: (!out_mux).then_some(ports.rtp_port + 1),
+                    rtcp_port: (!out_mux || (ex.is_offer && !p.rtcp_mux.require))
+                        .then_some(ports.rtp_port + 1),
                     rtcp_mux: out_mux,
                     direction: None,
                 },
@@ -740,41 +743,37 @@ fn push_to_data_plane(
     Ok(())
 }
 
-/// Rewrites `sdp`, keeping the `o=` version towards this party unchanged while what we send
-/// is unchanged, and one higher as soon as it differs (RFC 3264 §8).
+/// Rewrites `sdp` and chooses the `o=` version towards this party (RFC 3264 §8): unchanged
+/// while what we send is unchanged, one higher as soon as it differs — and never lower than the
+/// version the sender wrote, which rtpengine passes through and peers may compare against.
 fn versioned_rewrite(
     sdp: &[u8],
     plan: &mut RewritePlan,
     sent: &mut Option<SentSdp>,
 ) -> Result<Vec<u8>, CoreError> {
     let bad = |e: crate::sdp_rewrite::SdpRewriteError| CoreError::BadSdp(e.to_string());
-    plan.origin_version = sent.and_then(|s| s.version);
-    let out = sdp_rewrite::rewrite(sdp, plan).map_err(bad)?;
-    let digest = reply_cache::digest(&out);
-    match *sent {
-        None => {
-            *sent = Some(SentSdp {
-                digest,
-                version: origin_version(&out),
-            });
-            Ok(out)
-        }
-        Some(prev) if prev.digest == digest => Ok(out),
+    let input_version = origin_version(sdp);
+    // Change detection must not see the version itself: rewrite once with a fixed version.
+    plan.origin_version = Some(0);
+    let digest = reply_cache::digest(&sdp_rewrite::rewrite(sdp, plan).map_err(bad)?);
+    let version = match *sent {
+        None => input_version,
         Some(prev) => {
-            let Some(v) = prev.version else {
-                *sent = Some(SentSdp {
-                    digest,
-                    version: None,
-                });
-                return Ok(out);
-            };
-            plan.origin_version = Some(v.wrapping_add(1));
-            let out = sdp_rewrite::rewrite(sdp, plan).map_err(bad)?;
-            *sent = Some(SentSdp {
-                digest: reply_cache::digest(&out),
-                version: plan.origin_version,
+            let ours = prev.version.map(|v| {
+                if prev.digest == digest {
+                    v
+                } else {
+                    v.wrapping_add(1)
+                }
             });
-            Ok(out)
+            match (ours, input_version) {
+                (Some(ours), Some(theirs)) => Some(ours.max(theirs)),
+                (ours, theirs) => ours.or(theirs),
+            }
         }
-    }
+    };
+    plan.origin_version = version;
+    let out = sdp_rewrite::rewrite(sdp, plan).map_err(bad)?;
+    *sent = Some(SentSdp { digest, version });
+    Ok(out)
 }

@@ -404,3 +404,65 @@ fn query_reports_per_tag_counters_from_the_data_plane() {
         Some(2)
     );
 }
+
+#[test]
+fn sender_version_bump_without_change_is_passed_through_never_lowered() {
+    // rtpengine passes the sender's o= version through; a peer comparing versions must never
+    // see ours go backwards relative to what the sender wrote.
+    let clock = Clock::new();
+    let mut media = FakeMedia::new();
+    let mut core = core_with(config());
+    let o1 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    ));
+    assert_eq!(origin_version(&o1), 1);
+    // Same media, sender's version 5: content unchanged for the callee, version follows it.
+    let o2 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 5, "")),
+    ));
+    assert_eq!(origin_version(&o2), 5);
+    // The sender falls back to version 2 with a change: ours moves on from 5, not back to 2.
+    let o3 = reply_sdp(&core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req(
+            "c1",
+            "alice",
+            &sdp("198.51.100.10", 4000, 2, "a=sendonly\r\n"),
+        ),
+    ));
+    assert_eq!(origin_version(&o3), 6);
+}
+
+#[test]
+fn mux_offer_keeps_the_separate_rtcp_port_until_the_answer_accepts_mux() {
+    let clock = Clock::new();
+    let mut media = FakeMedia::new();
+    let mut core = core_with(config());
+    let mux = sdp("198.51.100.10", 4000, 1, "a=rtcp-mux\r\n");
+    let r = with(
+        offer_req("c1", "alice", &mux),
+        "rtcp-mux",
+        strings(&["accept"]),
+    );
+    let out = reply_sdp(&core.handle_request(clock.now(), &mut media, &r));
+    let port = media_ports(&out)[0];
+    // The callee may refuse mux, so it is told where separate RTCP goes as well.
+    assert!(out.contains(&format!("a=rtcp:{}\r\n", port + 1)), "{out}");
+    assert!(out.contains("a=rtcp-mux"), "{out}");
+    let answer = answer_req(
+        "c1",
+        "alice",
+        "bob",
+        &sdp("192.0.2.20", 5000, 1, "a=rtcp-mux\r\n"),
+    );
+    let back = reply_sdp(&core.handle_request(clock.now(), &mut media, &answer));
+    let back_port = media_ports(&back)[0];
+    // Both sides mux: RTCP shares the RTP port towards the caller.
+    assert!(back.contains(&format!("a=rtcp:{back_port}\r\n")), "{back}");
+    assert!(back.contains("a=rtcp-mux"), "{back}");
+}

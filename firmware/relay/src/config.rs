@@ -236,7 +236,10 @@ impl RelayConfig {
         if let Some(bad) = d.pin_cpus.iter().find(|&&c| c >= cpus) {
             return Err(invalid(
                 "dataplane.pin_cpus",
-                format!("CPU {bad} does not exist; this host has CPUs 0..{}", cpus - 1),
+                format!(
+                    "CPU {bad} does not exist; this host has CPUs 0..{}",
+                    cpus - 1
+                ),
             ));
         }
         if self.limits.max_sessions == 0 {
@@ -271,7 +274,8 @@ impl RelayConfig {
             port_quarantine: Duration::from_secs(self.media.port_quarantine_secs),
             max_sessions: self.limits.max_sessions,
             no_media_timeout: Duration::from_secs(t.no_media_secs),
-            max_duration: (t.max_duration_secs > 0).then(|| Duration::from_secs(t.max_duration_secs)),
+            max_duration: (t.max_duration_secs > 0)
+                .then(|| Duration::from_secs(t.max_duration_secs)),
             unanswered_offer_timeout: Duration::from_secs(t.unanswered_offer_secs),
             delete_delay: Duration::from_secs(t.delete_delay_secs),
             ..CoreConfig::default()
@@ -283,7 +287,10 @@ impl RelayConfig {
         let backend = self.dataplane.backend.parse::<Backend>().map_err(|_| {
             invalid(
                 "dataplane.backend",
-                format!("`{}` is not a backend; use `uring` or `mmsg`", self.dataplane.backend),
+                format!(
+                    "`{}` is not a backend; use `uring` or `mmsg`",
+                    self.dataplane.backend
+                ),
             )
         })?;
         Ok(DataplaneConfig {
@@ -309,7 +316,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        RelayConfig::default().validate().expect("defaults validate");
+        RelayConfig::default()
+            .validate()
+            .expect("defaults validate");
     }
 
     #[test]
@@ -320,16 +329,31 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_field() {
-        assert_eq!(refused_field("[media]\naddress = \"0.0.0.0\"\n"), "media.address");
+        assert_eq!(
+            refused_field("[media]\naddress = \"0.0.0.0\"\n"),
+            "media.address"
+        );
         assert_eq!(refused_field("[media]\nport_min = 80\n"), "media.port_min");
         assert_eq!(
             refused_field("[media]\nport_min = 40000\nport_max = 40001\n"),
             "media.port_max"
         );
-        assert_eq!(refused_field("[dataplane]\nbackend = \"dpdk\"\n"), "dataplane.backend");
-        assert_eq!(refused_field("[dataplane]\nworkers = 0\n"), "dataplane.workers");
-        assert_eq!(refused_field("[dataplane]\npin_cpus = [4096]\n"), "dataplane.pin_cpus");
-        assert_eq!(refused_field("[limits]\nmax_sessions = 0\n"), "limits.max_sessions");
+        assert_eq!(
+            refused_field("[dataplane]\nbackend = \"dpdk\"\n"),
+            "dataplane.backend"
+        );
+        assert_eq!(
+            refused_field("[dataplane]\nworkers = 0\n"),
+            "dataplane.workers"
+        );
+        assert_eq!(
+            refused_field("[dataplane]\npin_cpus = [4096]\n"),
+            "dataplane.pin_cpus"
+        );
+        assert_eq!(
+            refused_field("[limits]\nmax_sessions = 0\n"),
+            "limits.max_sessions"
+        );
         assert_eq!(
             refused_field("[timeouts]\nno_media_secs = 0\n"),
             "timeouts.no_media_secs"

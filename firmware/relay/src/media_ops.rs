@@ -57,7 +57,11 @@ impl DataplaneMedia {
     fn take_leg(&mut self, leg: &LegSpec) -> Result<LegSockets, MediaError> {
         let ports = self.bound.get_mut(&leg.local).ok_or(MediaError::Unknown)?;
         let rtp = ports.rtp.take().ok_or(MediaError::Unknown)?;
-        let rtcp = if leg.rtcp_mux { None } else { ports.rtcp.take() };
+        let rtcp = if leg.rtcp_mux {
+            None
+        } else {
+            ports.rtcp.take()
+        };
         Ok(LegSockets {
             rtp,
             rtcp,

@@ -99,10 +99,8 @@ async fn control_loop(
     } else {
         drop(tcp_tx);
     }
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(
-            ServiceError::Runtime,
-        )?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServiceError::Runtime)?;
     info!(
         ng_udp = %cfg.ng.listen_udp,
         ng_tcp = ?cfg.ng.listen_tcp,

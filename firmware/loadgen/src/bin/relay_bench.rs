@@ -74,6 +74,9 @@ struct Cli {
     /// Loss ratio that fails a search step.
     #[arg(long, default_value_t = 0.001)]
     loss_threshold: f64,
+    /// p99 one-way latency (ms) that fails a search step (the relay is queueing, not keeping up).
+    #[arg(long, default_value_t = 20.0)]
+    max_p99_ms: f64,
     /// Load-generator media sockets shared by the endpoints.
     #[arg(long, default_value_t = 16)]
     loadgen_sockets: usize,
@@ -147,6 +150,7 @@ fn run(cli: &Cli) -> Result<bool, LoadgenError> {
         growth: 1.25,
         max_steps,
         loss_threshold: cli.loss_threshold,
+        max_p99_us: cli.max_p99_ms * 1_000.0,
         shape: step_shape,
     };
     // Many sessions are touched at a tenth of the PCMU rate: the point is memory and setup,
