@@ -293,10 +293,15 @@ impl RelayConfig {
                 ),
             )
         })?;
+        // Every media port is at most one socket, and streams are spread over workers by id
+        // (not perfectly evenly), so each worker's table holds the whole range: the core's
+        // port allocator, not the data plane, is what runs out first and says so.
+        let ports_in_range = u32::from(self.media.port_max) - u32::from(self.media.port_min) + 1;
         Ok(DataplaneConfig {
             backend,
             workers: self.dataplane.workers,
             pin_cpus: self.dataplane.pin_cpus.clone(),
+            max_sockets_per_worker: ports_in_range,
             ..DataplaneConfig::default()
         })
     }
@@ -376,5 +381,6 @@ mod tests {
         let dp = cfg.dataplane_config().expect("backend parses");
         assert!(matches!(dp.backend, Backend::Mmsg));
         assert_eq!(dp.workers, 2);
+        assert_eq!(dp.max_sockets_per_worker, 100, "one slot per port of the range");
     }
 }
