@@ -11,11 +11,13 @@
 //! backend.
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 pub mod datakey;
 pub mod dev;
 mod ecdsa;
 pub mod envelope;
 mod error;
+mod fsutil;
 pub mod pkcs11;
 pub mod store;
 #[allow(unsafe_code)]
@@ -118,12 +120,18 @@ impl PcrSelection {
         let mut mask = 0u32;
         for &p in pcrs {
             if p > 23 {
-                return Err(Error::Config { field: "pcrs", reason: format!("PCR {p} does not exist (0..=23)") });
+                return Err(Error::Config {
+                    field: "pcrs",
+                    reason: format!("PCR {p} does not exist (0..=23)"),
+                });
             }
             mask |= 1 << p;
         }
         if mask == 0 {
-            return Err(Error::Config { field: "pcrs", reason: "an empty PCR selection binds to nothing".into() });
+            return Err(Error::Config {
+                field: "pcrs",
+                reason: "an empty PCR selection binds to nothing".into(),
+            });
         }
         Ok(PcrSelection(mask))
     }
@@ -242,14 +250,23 @@ pub fn validate_label(label: &str) -> Result<()> {
 }
 
 pub(crate) fn validate_name(what: &'static str, name: &str, max: usize) -> Result<()> {
-    let refuse = |reason| Err(Error::InvalidName { what, name: name.chars().take(80).collect(), reason });
+    let refuse = |reason| {
+        Err(Error::InvalidName {
+            what,
+            name: name.chars().take(80).collect(),
+            reason,
+        })
+    };
     if name.is_empty() || name.len() > max {
         return refuse("length must be 1 to the limit for this kind of name");
     }
     if name.starts_with('.') {
         return refuse("must not start with '.'");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         return refuse("only A-Z a-z 0-9 . _ - are allowed");
     }
     Ok(())

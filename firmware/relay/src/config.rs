@@ -381,6 +381,9 @@ mod tests {
         let dp = cfg.dataplane_config().expect("backend parses");
         assert!(matches!(dp.backend, Backend::Mmsg));
         assert_eq!(dp.workers, 2);
-        assert_eq!(dp.max_sockets_per_worker, 100, "one slot per port of the range");
+        assert_eq!(
+            dp.max_sockets_per_worker, 100,
+            "one slot per port of the range"
+        );
     }
 }

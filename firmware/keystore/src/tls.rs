@@ -1,0 +1,1 @@
+//! rustls adapter (being written).
