@@ -50,6 +50,7 @@ fn run(backend: Backend, dur: Duration, streams: u64) {
             peer_rtp: peer,
             peer_rtcp: None,
             rtcp_mux: true,
+            codecs: Default::default(),
         };
         dp.add_stream(
             StreamId(id),

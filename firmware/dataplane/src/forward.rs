@@ -10,16 +10,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pop_relay_core::media::{DirectionStats, MediaPolicy, StreamId, StreamStats};
-use pop_relay_core::stats::{arrival_in_clock_units, static_clock_rate, RtpReceiveStats};
+use pop_relay_core::media::{CodecHints, MediaPolicy, StreamId, StreamStats};
 use pop_wire::rtp::{is_rtcp_on_muxed_port, RtpPacket};
 
 use crate::counters::{bump, WorkerCounters};
+use crate::direction_stats::{classify_rtcp, DirectionState, RtcpKind};
 use crate::{DataplaneError, LegPeers, LegSockets};
-
-/// Clock rate assumed for dynamic payload types, whose rate only SDP knows: jitter of such
-/// streams is in 8 kHz units (right for telephone-event and most narrowband codecs).
-const DEFAULT_CLOCK_RATE: u32 = 8000;
 
 /// Which socket of a leg a slot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +71,13 @@ impl PeerAddr {
     /// Applies the source policy to a packet from `src`; `false` means drop it as spoofed.
     fn admit(&mut self, src: SocketAddr, policy: &MediaPolicy) -> bool {
         match self.current {
-            Some(cur) if cur == src => true,
+            Some(cur) if cur == src => {
+                // A first packet from the signalled address confirms it: from now on strict
+                // source holds it against everyone else (without this, the first spoofed
+                // packet after it would still be taken for the real peer moving).
+                self.latched = true;
+                true
+            }
             None => {
                 self.current = Some(src);
                 self.latched = true;
@@ -103,6 +105,8 @@ struct LegState {
     rtp_peer: PeerAddr,
     rtcp_peer: PeerAddr,
     rtcp_mux: bool,
+    /// Payload types this leg's peer declared, for statistics of what it sends.
+    codecs: CodecHints,
 }
 
 impl LegState {
@@ -122,26 +126,6 @@ impl LegState {
             })
         });
         (sock, dest)
-    }
-}
-
-#[derive(Debug, Default)]
-struct DirectionState {
-    counters: DirectionStats,
-    rtp: RtpReceiveStats,
-    last_rx: Option<Instant>,
-}
-
-impl DirectionState {
-    fn snapshot(&self, now: Instant) -> DirectionStats {
-        let mut s = self.counters;
-        s.rtp_lost = self.rtp.cumulative_lost();
-        s.rtp_duplicates = self.rtp.duplicates();
-        s.jitter_ts = self.rtp.jitter();
-        s.idle_ms = self.last_rx.map(|t| {
-            u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
-        });
-        s
     }
 }
 
@@ -203,16 +187,6 @@ pub(crate) struct Forwarder {
     counters: Arc<WorkerCounters>,
 }
 
-/// RTCP compound packet check until the full RTCP view is wired in: version 2, a packet type
-/// in the RTCP range and a first length that fits.
-fn looks_like_rtcp(data: &[u8]) -> bool {
-    let (Some(&b0), Some(&pt), Some(len)) = (data.first(), data.get(1), data.get(2..4)) else {
-        return false;
-    };
-    let words = usize::from(u16::from_be_bytes([len[0], len[1]]));
-    data.len() >= 8 && b0 >> 6 == 2 && (192..=223).contains(&pt) && (words + 1) * 4 <= data.len()
-}
-
 impl Forwarder {
     pub(crate) fn new(worker: usize, capacity: u32, counters: Arc<WorkerCounters>) -> Self {
         let cap = capacity as usize;
@@ -266,16 +240,18 @@ impl Forwarder {
             return None;
         };
         let dir = owner.leg;
-        let rtcp = owner.role == SocketRole::Rtcp || is_rtcp_on_muxed_port(data);
-        let rtp = if rtcp {
-            None
-        } else {
-            RtpPacket::new_checked(data).ok()
-        };
+        // What the opposite direction carries: the RTCP report block about it is the one to keep.
+        let opposite_ssrc = stream.dirs.get(1 - dir).and_then(|d| d.counters.last_ssrc);
         let (Some(leg), Some(state)) = (stream.legs.get_mut(dir), stream.dirs.get_mut(dir)) else {
             return None;
         };
-        if (rtcp && !looks_like_rtcp(data)) || (!rtcp && rtp.is_none()) {
+        let rtcp = owner.role == SocketRole::Rtcp || is_rtcp_on_muxed_port(data);
+        let (rtp, rtcp_kind) = if rtcp {
+            (None, classify_rtcp(data, leg.codecs.encrypted_rtcp))
+        } else {
+            (RtpPacket::new_checked(data).ok(), None)
+        };
+        if rtp.is_none() && rtcp_kind.is_none() {
             state.counters.malformed_dropped += 1;
             bump(&self.counters.dropped_malformed, 1);
             return None;
@@ -291,17 +267,11 @@ impl Forwarder {
             return None;
         }
         state.last_rx = Some(now);
+        let len = data.len() as u64;
         if let Some(p) = &rtp {
-            let pt = p.payload_type();
-            let rate = static_clock_rate(pt).unwrap_or(DEFAULT_CLOCK_RATE);
-            let arrival = arrival_in_clock_units(now.saturating_duration_since(self.epoch), rate);
-            state
-                .rtp
-                .on_rtp(p.ssrc().0, p.sequence_number(), p.timestamp(), arrival);
-            state.counters.last_ssrc = Some(p.ssrc().0);
-            state.counters.last_payload_type = Some(pt);
-        } else {
-            state.counters.rtcp_packets += 1;
+            state.on_rtp(p, &leg.codecs, now.saturating_duration_since(self.epoch));
+        } else if let Some(RtcpKind::Plain(compound)) = &rtcp_kind {
+            state.on_rtcp(compound, opposite_ssrc);
         }
         let out_leg = stream.legs.get(1 - dir)?;
         let (out_socket, dest) = out_leg.destination(rtcp);
@@ -310,9 +280,12 @@ impl Forwarder {
             bump(&self.counters.dropped_no_destination, 1);
             return None;
         };
-        let len = data.len() as u64;
         state.counters.packets += 1;
         state.counters.bytes += len;
+        if rtp.is_none() {
+            state.counters.rtcp_packets += 1;
+            state.counters.rtcp_bytes += len;
+        }
         bump(&self.counters.forwarded_packets, 1);
         bump(&self.counters.forwarded_bytes, len);
         Some(SendTarget {
@@ -395,6 +368,7 @@ impl Forwarder {
                     leg.peer_rtcp
                 }),
                 rtcp_mux: leg.rtcp_mux,
+                codecs: leg.codecs,
             });
         }
         let (Some(lb), Some(la)) = (legs.pop(), legs.pop()) else {
@@ -463,6 +437,7 @@ impl Forwarder {
         stream.policy = policy;
         for (leg, peers) in stream.legs.iter_mut().zip([a, b]) {
             leg.rtcp_mux = peers.rtcp_mux;
+            leg.codecs = peers.codecs;
             leg.rtp_peer.resignal(peers.peer_rtp);
             leg.rtcp_peer.resignal(if peers.rtcp_mux {
                 peers.peer_rtp
@@ -572,17 +547,15 @@ mod tests {
         assert_eq!(p.current, Some(y));
         assert!(p.admit(x, &policy(false, true, false)));
         assert_eq!(p.current, Some(y));
+        // Signalled address, latch, strict: the first packet from the signalled address
+        // latches it, so a later spoofer cannot take it over.
+        let mut p = PeerAddr::new(Some(x));
+        assert!(p.admit(x, &policy(true, true, false)));
+        assert!(!p.admit(y, &policy(true, true, false)));
+        assert_eq!(p.current, Some(x));
         // Asymmetric: forwarded but never moves.
         let mut p = PeerAddr::new(Some(x));
         assert!(p.admit(y, &policy(false, false, false)));
         assert_eq!(p.current, Some(x));
-    }
-
-    #[test]
-    fn rtcp_shape_check() {
-        assert!(looks_like_rtcp(&[0x80, 200, 0, 1, 0, 0, 0, 1]));
-        assert!(!looks_like_rtcp(&[0x80, 200, 0, 9, 0, 0, 0, 1]));
-        assert!(!looks_like_rtcp(&[0x40, 200, 0, 1, 0, 0, 0, 1]));
-        assert!(!looks_like_rtcp(&[0x80, 200]));
     }
 }

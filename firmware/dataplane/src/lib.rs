@@ -14,6 +14,7 @@
 mod command;
 mod config;
 mod counters;
+mod direction_stats;
 mod error;
 mod forward;
 mod mmsg_sys;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use pop_relay_core::media::{MediaPolicy, StreamId, StreamStats};
+use pop_relay_core::media::{CodecHints, MediaPolicy, StreamId, StreamStats};
 
 pub use config::{Backend, DataplaneConfig};
 pub use counters::DataplaneTotals;
@@ -51,6 +52,9 @@ pub struct LegSockets {
     pub peer_rtcp: Option<SocketAddr>,
     /// The peer multiplexes RTCP on its RTP port (RFC 5761).
     pub rtcp_mux: bool,
+    /// Payload types the peer's SDP declared (clock rates, telephone-event), used for the
+    /// statistics of packets received from it.
+    pub codecs: CodecHints,
 }
 
 /// New signalled peer addresses of one side of an existing stream.
@@ -62,6 +66,8 @@ pub struct LegPeers {
     pub peer_rtcp: Option<SocketAddr>,
     /// The peer multiplexes RTCP on its RTP port.
     pub rtcp_mux: bool,
+    /// Payload types the peer's SDP now declares.
+    pub codecs: CodecHints,
 }
 
 #[derive(Debug)]

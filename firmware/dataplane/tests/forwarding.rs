@@ -5,7 +5,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use pop_dataplane::{Backend, Dataplane, DataplaneConfig, LegPeers, LegSockets};
-use pop_relay_core::media::{MediaPolicy, StreamId};
+use pop_relay_core::media::{CodecHints, MediaPolicy, PayloadTypeHint, StreamId};
+use pop_wire::rtcp::{emit_sender_report, ReportBlock, SenderInfo};
 use pop_wire::rtp::{emit_header, Ssrc};
 
 fn bind() -> UdpSocket {
@@ -85,6 +86,7 @@ fn leg(
             peer_rtp,
             peer_rtcp,
             rtcp_mux: mux,
+            codecs: CodecHints::new(),
         },
         info,
     )
@@ -351,6 +353,7 @@ fn update_moves_destination(backend: Backend) {
         peer_rtp: Some(addr(a)),
         peer_rtcp: None,
         rtcp_mux: true,
+        codecs: CodecHints::new(),
     };
     dp.update_stream(StreamId(8), peers(&ua), peers(&ub2), LATCH)
         .unwrap();
@@ -359,6 +362,103 @@ fn update_moves_destination(backend: Backend) {
     assert!(dp
         .update_stream(StreamId(99), peers(&ua), peers(&ub2), LATCH)
         .is_err());
+    dp.shutdown();
+}
+
+fn hints(entries: &[(u8, u32, bool)], encrypted_rtcp: bool) -> CodecHints {
+    let mut h = CodecHints::new();
+    for &(payload_type, clock_rate, telephone_event) in entries {
+        assert!(h.insert(PayloadTypeHint {
+            payload_type,
+            clock_rate,
+            telephone_event,
+        }));
+    }
+    h.encrypted_rtcp = encrypted_rtcp;
+    h
+}
+
+/// A telephone-event packet (event code 5) of the event starting at `ts`.
+fn dtmf(seq: u16, ts: u32, end: bool) -> Vec<u8> {
+    let mut b = vec![0u8; 16];
+    emit_header(&mut b, 101, false, seq, ts, Ssrc(0xa)).unwrap();
+    pop_wire::telephone_event::emit(&mut b[12..], 5, end, 10, 480).unwrap();
+    b
+}
+
+/// Telephone-events counted per event from the sender's SDP, RTCP figures and bytes read,
+/// and a re-offer's payload types taking effect.
+fn statistics_follow_sdp_and_rtcp(backend: Backend) {
+    let dp = start(backend, 1);
+    let (ua, ub) = (bind(), bind());
+    let (mut la, ra) = leg(true, Some(addr(&ua)), None);
+    la.codecs = hints(&[(111, 48_000, false), (101, 48_000, true)], false);
+    let (lb, _rb) = leg(true, Some(addr(&ub)), None);
+    dp.add_stream(StreamId(9), la, lb, LATCH).unwrap();
+    let mut seq = 0u16;
+    let send = |p: Vec<u8>| {
+        ua.send_to(&p, ra.rtp).unwrap();
+        assert_eq!(recv(&ub).0, p);
+    };
+    for event_ts in [96_000u32, 192_000] {
+        for end in [false, false, true, true, true] {
+            send(dtmf(seq, event_ts, end));
+            seq += 1;
+        }
+    }
+    let mut sr = [0u8; 64];
+    let info = SenderInfo {
+        packet_count: 321,
+        ..Default::default()
+    };
+    let block = ReportBlock {
+        ssrc: Ssrc(0xb),
+        fraction_lost: 12,
+        cumulative_lost: 34,
+        extended_highest_seq: 99,
+        jitter: 56,
+        lsr: 0,
+        dlsr: 0,
+    };
+    let n = emit_sender_report(&mut sr, Ssrc(0xa), &info, &[block]).unwrap();
+    send(sr[..n].to_vec());
+    // Plain RTCP must be a valid compound throughout: a broken second packet is malformed.
+    let mut broken = sr[..n].to_vec();
+    broken.extend_from_slice(&[0x80, 202, 0, 9]);
+    ua.send_to(&broken, ra.rtp).unwrap();
+    assert_silent(&ub);
+    let st = dp.stream_stats(StreamId(9)).unwrap().from_a;
+    assert_eq!(st.dtmf_events, 2);
+    assert_eq!(st.last_payload_type, Some(101));
+    assert_eq!(st.last_sr_packets, Some(321));
+    assert_eq!(st.last_rr_fraction_lost, Some(12));
+    assert_eq!(st.last_rr_cumulative_lost, Some(34));
+    assert_eq!(st.last_rr_jitter, Some(56));
+    assert_eq!(st.rtcp_packets, 1);
+    assert_eq!(st.rtcp_bytes, n as u64);
+    assert_eq!(st.bytes, 10 * 16 + n as u64);
+    assert_eq!(st.malformed_dropped, 1);
+    // Re-offer: 101 is no longer telephone-event, and the leg now says SRTP, whose encrypted
+    // RTCP tail cannot be checked.
+    let peers = |a: &UdpSocket, codecs| LegPeers {
+        peer_rtp: Some(addr(a)),
+        peer_rtcp: None,
+        rtcp_mux: true,
+        codecs,
+    };
+    dp.update_stream(
+        StreamId(9),
+        peers(&ua, hints(&[(101, 8000, false)], true)),
+        peers(&ub, CodecHints::new()),
+        LATCH,
+    )
+    .unwrap();
+    send(dtmf(seq, 300_000, false));
+    send(broken);
+    let st = dp.stream_stats(StreamId(9)).unwrap().from_a;
+    assert_eq!(st.dtmf_events, 2);
+    assert_eq!(st.rtcp_packets, 2);
+    assert_eq!(st.malformed_dropped, 1);
     dp.shutdown();
 }
 
@@ -384,4 +484,5 @@ both_backends!(
     many_streams_over_several_workers,
     every_stream_forwards_after_buffer_overflow,
     update_moves_destination,
+    statistics_follow_sdp_and_rtcp,
 );

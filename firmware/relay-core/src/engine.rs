@@ -244,7 +244,7 @@ impl RelayCore {
             }
             Command::Statistics => {
                 self.counters.statistics += 1;
-                let stats = replies::statistics(&self.counters, self.calls.len());
+                let stats = replies::statistics(&self.counters, self.calls.len(), &media.totals());
                 Ok(replies::ok_with(vec![("statistics", stats)]))
             }
         }
@@ -415,6 +415,8 @@ impl RelayCore {
             leg.peer_rtp = peer_rtp;
             leg.peer_rtcp = peer_rtcp;
             leg.rtcp_mux = info.rtcp_mux && !p.rtcp_mux.reject;
+            // Statistics of what this party sends are read with the payload types it declared.
+            leg.codecs = info.codecs;
             let out_mux = if ex.is_offer {
                 p.rtcp_mux.require
                     || p.rtcp_mux.offer

@@ -6,7 +6,7 @@ use pop_wire::bencode::Value;
 
 use crate::counters::CoreCounters;
 use crate::error::CoreError;
-use crate::media::{DirectionStats, StreamStats};
+use crate::media::{DirectionStats, MediaTotals, StreamStats};
 use crate::session::{Call, Side};
 
 /// `{"result": "error", "error-reason": ...}`.
@@ -45,6 +45,14 @@ fn errors(d: &DirectionStats) -> u64 {
     d.malformed_dropped + d.spoofed_dropped + d.send_errors
 }
 
+/// RTP packets and bytes of a direction: the data plane counts RTCP within the totals.
+fn rtp_only(d: &DirectionStats) -> (u64, u64) {
+    (
+        d.packets.saturating_sub(d.rtcp_packets),
+        d.bytes.saturating_sub(d.rtcp_bytes),
+    )
+}
+
 fn stats_dict(packets: u64, bytes: u64, errors: u64) -> Value {
     Value::dict([
         ("packets", int(packets)),
@@ -58,7 +66,8 @@ fn stats_dict(packets: u64, bytes: u64, errors: u64) -> Value {
 /// when the data plane has no stream yet).
 pub(crate) fn call_stats(call: &Call, stats: &[Option<StreamStats>]) -> Vec<(&'static str, Value)> {
     let mut tags = Value::dict([]);
-    let (mut rtp_p, mut rtp_b, mut rtp_e, mut rtcp_p) = (0u64, 0u64, 0u64, 0u64);
+    let (mut rtp_p, mut rtp_b, mut rtp_e) = (0u64, 0u64, 0u64);
+    let (mut rtcp_p, mut rtcp_b) = (0u64, 0u64);
     for side in [Side::A, Side::B] {
         let tag = call.tag(side).unwrap_or_default();
         let mut medias = Vec::with_capacity(call.streams.len());
@@ -74,14 +83,8 @@ pub(crate) fn call_stats(call: &Call, stats: &[Option<StreamStats>]) -> Vec<(&'s
                 Side::B => s.peer_b,
             });
             let d = dir.unwrap_or_default();
-            let mut s = Value::dict([(
-                "stats",
-                stats_dict(
-                    d.packets.saturating_sub(d.rtcp_packets),
-                    d.bytes,
-                    errors(&d),
-                ),
-            )]);
+            let (packets, bytes) = rtp_only(&d);
+            let mut s = Value::dict([("stats", stats_dict(packets, bytes, errors(&d)))]);
             if let Some(p) = leg.ports {
                 s.dict_insert("local port", Value::int(i64::from(p.rtp_port)));
             }
@@ -92,10 +95,12 @@ pub(crate) fn call_stats(call: &Call, stats: &[Option<StreamStats>]) -> Vec<(&'s
                 s.dict_insert("advertised endpoint", endpoint(ep));
             }
             s.dict_insert("rtcp packets", int(d.rtcp_packets));
-            rtp_p += d.packets.saturating_sub(d.rtcp_packets);
-            rtp_b += d.bytes;
+            s.dict_insert("rtcp bytes", int(d.rtcp_bytes));
+            rtp_p += packets;
+            rtp_b += bytes;
             rtp_e += errors(&d);
             rtcp_p += d.rtcp_packets;
+            rtcp_b += d.rtcp_bytes;
             let mut flags = Vec::new();
             if leg.rtcp_mux {
                 flags.push(Value::str("rtcp-mux"));
@@ -121,17 +126,16 @@ pub(crate) fn call_stats(call: &Call, stats: &[Option<StreamStats>]) -> Vec<(&'s
         (
             "totals",
             Value::dict([
-                // Byte counts are per packet stream, RTCP included: the data plane does not
-                // count RTCP bytes separately.
                 ("RTP", stats_dict(rtp_p, rtp_b, rtp_e)),
-                ("RTCP", stats_dict(rtcp_p, 0, 0)),
+                ("RTCP", stats_dict(rtcp_p, rtcp_b, 0)),
             ]),
         ),
     ]
 }
 
-/// The `statistics` body, in rtpengine's layout, plus our own `pop` section.
-pub(crate) fn statistics(c: &CoreCounters, sessions: usize) -> Value {
+/// The `statistics` body, in rtpengine's layout, plus our own `pop` section (core counters and
+/// the data plane's `media` totals).
+pub(crate) fn statistics(c: &CoreCounters, sessions: usize, media: &MediaTotals) -> Value {
     let current = Value::dict([
         ("sessionsown", int(sessions as u64)),
         ("sessionsforeign", int(0)),
@@ -166,11 +170,25 @@ pub(crate) fn statistics(c: &CoreCounters, sessions: usize) -> Value {
         ("portsfree", int(c.ports_free)),
         ("replycachehits", int(c.reply_cache_hits)),
         ("unknownkeysignored", int(c.unknown_keys_ignored)),
+        ("media", media_totals(media)),
     ]);
     Value::dict([
         ("currentstatistics", current),
         ("totalstatistics", total),
         ("controlstatistics", control),
         ("pop", pop),
+    ])
+}
+
+/// Data-plane totals, keys in rtpengine's lower-case run-together style.
+fn media_totals(m: &MediaTotals) -> Value {
+    Value::dict([
+        ("forwardedpackets", int(m.forwarded_packets)),
+        ("forwardedbytes", int(m.forwarded_bytes)),
+        ("droppedmalformed", int(m.dropped_malformed)),
+        ("droppedspoofed", int(m.dropped_spoofed)),
+        ("droppednodestination", int(m.dropped_no_destination)),
+        ("senderrors", int(m.send_errors)),
+        ("bufferringempty", int(m.buffer_ring_empty)),
     ])
 }

@@ -40,6 +40,9 @@ use pop_wire::sdp::{
 };
 use thiserror::Error;
 
+use crate::media::{CodecHints, PayloadTypeHint};
+use crate::stats::static_clock_rate;
+
 /// Why an SDP could not be inspected or rewritten.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SdpRewriteError {
@@ -84,6 +87,9 @@ pub struct MediaInfo {
     pub ice: bool,
     /// RTP payload types on the `m=` line, in order.
     pub payload_types: Vec<u8>,
+    /// Clock rate and telephone-event flag of the `m=` line's payload types: from `a=rtpmap`,
+    /// else RFC 3551's table for static types; dynamic types without `a=rtpmap` are left out.
+    pub codecs: CodecHints,
 }
 
 /// Reads the media endpoints of an SDP body.
@@ -126,9 +132,46 @@ pub fn inspect(sdp: &[u8]) -> Result<Vec<MediaInfo>, SdpRewriteError> {
             zero_address,
             ice: session_ice || section.lines.has_ice(),
             payload_types: section.description.payload_types().collect(),
+            codecs: codec_hints(section),
         });
     }
     Ok(infos)
+}
+
+/// What the section's `a=rtpmap` lines (or RFC 3551, for static types) say about the payload
+/// types on its `m=` line. Types beyond [`crate::media::MAX_CODEC_HINTS`] are left out.
+fn codec_hints(section: &MediaSection) -> CodecHints {
+    let mut hints = CodecHints::new();
+    hints.encrypted_rtcp = is_srtp_proto(section.description.proto());
+    for pt in section.description.payload_types() {
+        let hint = match section.rtpmap(pt) {
+            Some(map) => PayloadTypeHint {
+                payload_type: pt,
+                clock_rate: map.clock_rate,
+                telephone_event: map.encoding.eq_ignore_ascii_case("telephone-event"),
+            },
+            None => match static_clock_rate(pt) {
+                Some(clock_rate) => PayloadTypeHint {
+                    payload_type: pt,
+                    clock_rate,
+                    telephone_event: false,
+                },
+                None => continue,
+            },
+        };
+        if !hints.insert(hint) {
+            break;
+        }
+    }
+    hints
+}
+
+/// SRTP profiles (RFC 3711, RFC 5124, RFC 5764): their RTCP bodies are encrypted.
+fn is_srtp_proto(proto: &str) -> bool {
+    proto
+        .rsplit('/')
+        .next()
+        .is_some_and(|p| p.eq_ignore_ascii_case("SAVP") || p.eq_ignore_ascii_case("SAVPF"))
 }
 
 /// How to rewrite one SDP body for the other side.

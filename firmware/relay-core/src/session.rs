@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::media::{LegSpec, LocalPortsId, MediaPolicy, StreamId, StreamSpec};
+use crate::media::{CodecHints, LegSpec, LocalPortsId, MediaPolicy, StreamId, StreamSpec};
 
 /// One of the two parties of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub(crate) struct Leg {
     pub peer_rtp: Option<SocketAddr>,
     pub peer_rtcp: Option<SocketAddr>,
     pub rtcp_mux: bool,
+    /// Payload types from this party's latest SDP.
+    pub codecs: CodecHints,
 }
 
 /// One `m=` line of a call.
@@ -89,6 +91,7 @@ impl Stream {
                 peer_rtp: leg.peer_rtp,
                 peer_rtcp: leg.peer_rtcp,
                 rtcp_mux: leg.rtcp_mux,
+                codecs: leg.codecs,
             })
         };
         Some(StreamSpec {

@@ -181,6 +181,18 @@ impl RtpReceiveStats {
     /// Accounts one RTP packet. `arrival_ts` is the arrival time in the same clock units as
     /// `rtp_ts` (see [`arrival_in_clock_units`]).
     pub fn on_rtp(&mut self, ssrc: u32, seq: u16, rtp_ts: u32, arrival_ts: u32) -> SequenceVerdict {
+        self.account(ssrc, seq, Some((rtp_ts, arrival_ts)))
+    }
+
+    /// Accounts one RTP packet for sequence, loss and duplicates only. For packets whose
+    /// timestamp does not advance with sampling time, such as RFC 4733 telephone-events
+    /// (every packet of an event carries the event's start time): feeding them to the jitter
+    /// estimate would report the event's duration as network jitter.
+    pub fn on_rtp_untimed(&mut self, ssrc: u32, seq: u16) -> SequenceVerdict {
+        self.account(ssrc, seq, None)
+    }
+
+    fn account(&mut self, ssrc: u32, seq: u16, timing: Option<(u32, u32)>) -> SequenceVerdict {
         let source = match &mut self.source {
             Some(s) if s.ssrc == ssrc => s,
             other => {
@@ -199,7 +211,9 @@ impl RtpReceiveStats {
         if !counted {
             return SequenceVerdict::NotCounted;
         }
-        source.update_jitter(rtp_ts, arrival_ts);
+        if let Some((rtp_ts, arrival_ts)) = timing {
+            source.update_jitter(rtp_ts, arrival_ts);
+        }
         SequenceVerdict::Received
     }
 
@@ -332,6 +346,20 @@ mod tests {
         }
         let j = s.jitter();
         assert!((75..=80).contains(&j), "jitter {j}");
+    }
+
+    #[test]
+    fn untimed_packets_count_for_sequence_but_not_jitter() {
+        let mut s = RtpReceiveStats::new();
+        feed(&mut s, &[1, 2, 3]);
+        // A telephone-event: the timestamp stays at the event start while time moves on.
+        for seq in 4..20u16 {
+            assert_eq!(s.on_rtp_untimed(7, seq), SequenceVerdict::Received);
+        }
+        feed(&mut s, &[20, 21]);
+        assert_eq!(s.jitter(), 0);
+        assert_eq!(s.cumulative_lost(), 0);
+        assert_eq!(s.received(), 20);
     }
 
     #[test]

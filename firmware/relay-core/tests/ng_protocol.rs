@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pop_relay_core::media::MediaTotals;
 use pop_relay_core::{CoreConfig, CoreError, RelayCore};
 use pop_wire::bencode::Value;
 
@@ -555,6 +556,15 @@ fn statistics_reports_aggregate_counters() {
         &offer_req("c2", "a", &sdp("198.51.100.10", 4000, 1, "")),
     );
     core.handle_request(clock.now(), &mut media, &delete_req("c1", "a"));
+    media.totals = MediaTotals {
+        forwarded_packets: 1000,
+        forwarded_bytes: 172_000,
+        dropped_malformed: 3,
+        dropped_spoofed: 30_000,
+        dropped_no_destination: 4,
+        send_errors: 5,
+        buffer_ring_empty: 6,
+    };
     let r = core.handle_request(
         clock.now(),
         &mut media,
@@ -572,6 +582,19 @@ fn statistics_reports_aggregate_counters() {
     assert_eq!(get("controlstatistics", "totaloffercount"), Some(2));
     assert_eq!(get("pop", "portsinuse"), Some(2));
     assert_eq!(get("pop", "portsquarantined"), Some(2));
+    let media_total = |key: &str| {
+        s.dict_get("pop")
+            .and_then(|d| d.dict_get("media"))
+            .and_then(|d| d.dict_get(key))
+            .and_then(Value::as_int)
+    };
+    assert_eq!(media_total("forwardedpackets"), Some(1000));
+    assert_eq!(media_total("forwardedbytes"), Some(172_000));
+    assert_eq!(media_total("droppedmalformed"), Some(3));
+    assert_eq!(media_total("droppedspoofed"), Some(30_000));
+    assert_eq!(media_total("droppednodestination"), Some(4));
+    assert_eq!(media_total("senderrors"), Some(5));
+    assert_eq!(media_total("bufferringempty"), Some(6));
 }
 
 #[test]

@@ -356,7 +356,8 @@ fn query_reports_per_tag_counters_from_the_data_plane() {
     let st = media.stats.entry(id).or_default();
     st.from_a.packets = 100;
     st.from_a.rtcp_packets = 2;
-    st.from_a.bytes = 17200;
+    st.from_a.bytes = 17200 + 120;
+    st.from_a.rtcp_bytes = 120;
     st.from_b.packets = 50;
     st.from_b.spoofed_dropped = 3;
     let q = req(vec![("command", "query".into()), ("call-id", "c1".into())]);
@@ -377,7 +378,12 @@ fn query_reports_per_tag_counters_from_the_data_plane() {
         .unwrap()[0];
     let stats = stream.dict_get("stats").unwrap();
     assert_eq!(stats.dict_get("packets").and_then(Value::as_int), Some(98));
+    // RTP and RTCP bytes are reported apart.
     assert_eq!(stats.dict_get("bytes").and_then(Value::as_int), Some(17200));
+    assert_eq!(
+        stream.dict_get("rtcp bytes").and_then(Value::as_int),
+        Some(120)
+    );
     let totals = reply.dict_get("totals").unwrap();
     assert_eq!(
         totals
@@ -403,6 +409,54 @@ fn query_reports_per_tag_counters_from_the_data_plane() {
             .and_then(Value::as_int),
         Some(2)
     );
+    assert_eq!(
+        totals
+            .dict_get("RTCP")
+            .unwrap()
+            .dict_get("bytes")
+            .and_then(Value::as_int),
+        Some(120)
+    );
+}
+
+#[test]
+fn each_leg_carries_the_payload_types_of_its_own_sdp() {
+    let clock = Clock::new();
+    let mut media = FakeMedia::new();
+    let mut core = core_with(config());
+    // Caller: PCMU + telephone-event 101 (from `sdp`). Callee answers with opus and event 100.
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &offer_req("c1", "alice", &sdp("198.51.100.10", 4000, 1, "")),
+    );
+    let answer = "v=0\r\no=- 2 1 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+m=audio 5000 RTP/AVP 111 100\r\na=rtpmap:111 opus/48000/2\r\n\
+a=rtpmap:100 telephone-event/48000\r\n";
+    core.handle_request(
+        clock.now(),
+        &mut media,
+        &answer_req("c1", "alice", "bob", answer),
+    );
+    let spec = media.only_stream();
+    assert_eq!(spec.a.codecs.clock_rate(0), Some(8000));
+    assert!(spec.a.codecs.is_telephone_event(101));
+    assert_eq!(spec.a.codecs.get(111), None);
+    assert_eq!(spec.b.codecs.clock_rate(111), Some(48_000));
+    assert!(spec.b.codecs.is_telephone_event(100));
+    assert!(!spec.b.codecs.is_telephone_event(101));
+    // A re-offer from the callee that changes its codecs reaches the data plane.
+    let updates = media.updates;
+    let reoffer = answer.replace("o=- 2 1", "o=- 2 2").replace(
+        "m=audio 5000 RTP/AVP 111 100\r\na=rtpmap:111 opus/48000/2\r\n",
+        "m=audio 5000 RTP/AVP 9 100\r\n",
+    );
+    core.handle_request(clock.now(), &mut media, &offer_req("c1", "bob", &reoffer));
+    let spec = media.only_stream();
+    assert!(media.updates > updates);
+    assert_eq!(spec.b.codecs.clock_rate(9), Some(8000));
+    assert_eq!(spec.b.codecs.get(111), None);
+    assert_eq!(spec.a.codecs.clock_rate(0), Some(8000));
 }
 
 #[test]

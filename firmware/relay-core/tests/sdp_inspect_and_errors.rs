@@ -182,3 +182,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn inspect_reports_clock_rates_and_telephone_events() {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+m=audio 30000 RTP/SAVPF 111 0 9 101 100 98\r\na=rtpmap:111 opus/48000/2\r\n\
+a=rtpmap:101 telephone-event/48000\r\na=rtpmap:100 TELEPHONE-EVENT/8000\r\n\
+m=video 30002 RTP/AVP 96 34\r\na=rtpmap:96 VP8/90000\r\n";
+    let media = inspect(sdp.as_bytes()).expect("valid SDP");
+    let audio = &media[0].codecs;
+    assert_eq!(audio.clock_rate(111), Some(48_000));
+    // Static types without a=rtpmap come from RFC 3551 (G.722 keeps its 8 kHz RTP clock).
+    assert_eq!(audio.clock_rate(0), Some(8000));
+    assert_eq!(audio.clock_rate(9), Some(8000));
+    assert!(audio.is_telephone_event(101) && audio.is_telephone_event(100));
+    assert!(!audio.is_telephone_event(111) && !audio.is_telephone_event(0));
+    assert_eq!(audio.clock_rate(101), Some(48_000));
+    // A dynamic type without a=rtpmap is unknown, not guessed.
+    assert_eq!(audio.get(98), None);
+    assert!(audio.encrypted_rtcp, "RTP/SAVPF carries SRTCP");
+    let video = &media[1].codecs;
+    assert_eq!(video.clock_rate(96), Some(90_000));
+    assert_eq!(video.clock_rate(34), Some(90_000));
+    assert!(!video.encrypted_rtcp);
+}
+
+#[test]
+fn codec_hints_keep_a_bounded_number_of_types() {
+    let pts: Vec<String> = (0..40).map(|i| (96 + i).to_string()).collect();
+    let maps: String = (0..40)
+        .map(|i| format!("a=rtpmap:{} L16/16000\r\n", 96 + i))
+        .collect();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+         m=audio 30000 RTP/AVP {}\r\n{maps}",
+        pts.join(" ")
+    );
+    let media = inspect(sdp.as_bytes()).expect("valid SDP");
+    let hints = &media[0].codecs;
+    assert_eq!(hints.iter().count(), pop_relay_core::media::MAX_CODEC_HINTS);
+    assert_eq!(hints.clock_rate(96), Some(16_000));
+    assert_eq!(hints.get(135), None);
+}

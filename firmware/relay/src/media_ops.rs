@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use pop_dataplane::{Dataplane, DataplaneError, DataplaneTotals, LegPeers, LegSockets};
 use pop_relay_core::media::{
-    BindError, LegSpec, LocalPortsId, MediaError, MediaOps, StreamId, StreamSpec, StreamStats,
+    BindError, LegSpec, LocalPortsId, MediaError, MediaOps, MediaTotals, StreamId, StreamSpec,
+    StreamStats,
 };
 
 /// Sockets bound for a port pair that no stream owns yet (between offer allocation and stream
@@ -68,6 +69,7 @@ impl DataplaneMedia {
             peer_rtp: leg.peer_rtp,
             peer_rtcp: leg.peer_rtcp,
             rtcp_mux: leg.rtcp_mux,
+            codecs: leg.codecs,
         })
     }
 }
@@ -77,6 +79,7 @@ fn peers(leg: &LegSpec) -> LegPeers {
         peer_rtp: leg.peer_rtp,
         peer_rtcp: leg.peer_rtcp,
         rtcp_mux: leg.rtcp_mux,
+        codecs: leg.codecs,
     }
 }
 
@@ -94,6 +97,20 @@ fn bind_one(ip: IpAddr, port: u16) -> Result<UdpSocket, BindError> {
         reason: e.to_string(),
     })?;
     Ok(sock)
+}
+
+/// The NG `statistics` subset of the data plane's counters. Stale drops (packets that raced a
+/// stream's removal) are counted with "no destination": both mean nowhere to send.
+fn media_totals(t: &DataplaneTotals) -> MediaTotals {
+    MediaTotals {
+        forwarded_packets: t.forwarded_packets,
+        forwarded_bytes: t.forwarded_bytes,
+        dropped_malformed: t.dropped_malformed,
+        dropped_spoofed: t.dropped_spoofed,
+        dropped_no_destination: t.dropped_no_destination + t.dropped_stale,
+        send_errors: t.send_errors,
+        buffer_ring_empty: t.buffer_ring_empty,
+    }
 }
 
 fn media_error(e: DataplaneError) -> MediaError {
@@ -167,5 +184,42 @@ impl MediaOps for DataplaneMedia {
 
     fn stream_stats(&mut self, id: StreamId) -> Result<StreamStats, MediaError> {
         self.dataplane.stream_stats(id).map_err(media_error)
+    }
+
+    fn totals(&mut self) -> MediaTotals {
+        media_totals(&self.dataplane.totals())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_map_every_drop_reason() {
+        let t = DataplaneTotals {
+            forwarded_packets: 1,
+            forwarded_bytes: 2,
+            dropped_malformed: 3,
+            dropped_spoofed: 4,
+            dropped_no_destination: 5,
+            dropped_stale: 6,
+            send_errors: 7,
+            recv_errors: 8,
+            buffer_ring_empty: 9,
+            rearms: 10,
+        };
+        assert_eq!(
+            media_totals(&t),
+            MediaTotals {
+                forwarded_packets: 1,
+                forwarded_bytes: 2,
+                dropped_malformed: 3,
+                dropped_spoofed: 4,
+                dropped_no_destination: 11,
+                send_errors: 7,
+                buffer_ring_empty: 9,
+            }
+        );
     }
 }

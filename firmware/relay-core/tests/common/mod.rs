@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use pop_relay_core::media::{
-    BindError, LocalPortsId, MediaError, MediaOps, StreamId, StreamSpec, StreamStats,
+    BindError, LocalPortsId, MediaError, MediaOps, MediaTotals, StreamId, StreamSpec, StreamStats,
 };
 use pop_relay_core::{CoreConfig, RelayCore};
 use pop_wire::bencode::{self, Value};
@@ -55,6 +55,8 @@ pub struct FakeMedia {
     pub stats_calls: usize,
     /// A port bound twice at the same time: the core handed out a port it did not own.
     pub double_binds: usize,
+    /// What `totals` reports.
+    pub totals: MediaTotals,
 }
 
 impl FakeMedia {
@@ -83,6 +85,9 @@ impl FakeMedia {
 }
 
 impl MediaOps for FakeMedia {
+    fn totals(&mut self) -> MediaTotals {
+        self.totals
+    }
     fn bind_ports(
         &mut self,
         ip: IpAddr,
