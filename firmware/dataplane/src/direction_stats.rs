@@ -64,12 +64,14 @@ impl DirectionState {
         let pt = p.payload_type();
         let ssrc = p.ssrc().0;
         let seq = p.sequence_number();
-        if codecs.is_telephone_event(pt) {
+        let hint = codecs.get(pt);
+        if hint.is_some_and(|h| h.telephone_event) {
             self.on_telephone_event(p, ssrc);
             self.rtp.on_rtp_untimed(ssrc, seq);
         } else {
-            let rate = codecs
-                .clock_rate(pt)
+            let rate = hint
+                .map(|h| h.clock_rate)
+                .filter(|&r| r != 0)
                 .or_else(|| static_clock_rate(pt))
                 .unwrap_or(DEFAULT_CLOCK_RATE);
             let arrival = arrival_in_clock_units(since_epoch, rate);

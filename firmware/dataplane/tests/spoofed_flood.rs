@@ -279,7 +279,7 @@ fn spoofed_flood(backend: Backend, load: Load) {
     let legit2 = u64::from(legit2_during) + u64::from(RECOVERY_PACKETS);
     eprintln!(
         "{backend:?} {load:?}: {spoofed_sent} spoofed in {flood_time:?} ({:.0} pps); \
-         stream 1 got {}/{legit1} legit ({} lost during the flood); stream 2 got {}/{legit2}; \
+         stream 1 got {}/{legit1} legit ({} lost); stream 2 got {}/{legit2}; \
          kernel drops on stream 1's port {drops}; buffer ring empty {ring_empty}; \
          spoofed_dropped {}",
         f64::from(spoofed_sent) / flood_time.as_secs_f64(),

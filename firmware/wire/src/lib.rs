@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bencode;
+pub mod bfd;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;

@@ -1,0 +1,1 @@
+//! BFD control packets (being written)
