@@ -40,6 +40,11 @@ pub struct DataplaneConfig {
     pub ring_entries: u32,
     /// 2 KiB receive buffers per worker (power of two, at most 32768).
     pub buffers_per_worker: u16,
+    /// io_uring: completions a worker waits for before waking up once traffic flows...
+    pub batch_completions: u32,
+    /// ...or this many microseconds, whichever comes first (0: wake for every completion).
+    /// Bounds the latency coalescing can add; an idle worker still wakes on the first packet.
+    pub batch_wait_usec: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -51,6 +56,8 @@ impl Default for DataplaneConfig {
             max_sockets_per_worker: 4096,
             ring_entries: 1024,
             buffers_per_worker: 4096,
+            batch_completions: 32,
+            batch_wait_usec: 0,
         }
     }
 }
@@ -78,6 +85,15 @@ impl DataplaneConfig {
                 "buffers_per_worker",
                 "must be a power of two between 1 and 32768",
             );
+        }
+        if self.batch_wait_usec > 10_000 {
+            return bad(
+                "batch_wait_usec",
+                "must be at most 10000 (10 ms): it is added to media latency",
+            );
+        }
+        if self.batch_completions == 0 || self.batch_completions > self.ring_entries {
+            return bad("batch_completions", "must be between 1 and ring_entries");
         }
         if let Some(cpu) = self.pin_cpus.iter().find(|&&c| c >= 1024) {
             return bad("pin_cpus", &format!("CPU {cpu} is out of range"));

@@ -59,7 +59,15 @@ pub(crate) struct UringWorker {
     inflight_sends: u32,
     buf_count: u32,
     stopping: bool,
+    /// Completions worth waking up for, and how long to wait for them (0: wake per completion).
+    batch: usize,
+    batch_wait_usec: u32,
+    /// Packets received in the previous loop turn (drives coalescing).
+    received_last_turn: usize,
 }
+
+/// Received packets in one turn from which the next wait coalesces wake-ups.
+const COALESCE_AFTER_RECEIVED: usize = 4;
 
 impl UringWorker {
     /// Sets the ring up (on the calling thread, which must be the worker's).
@@ -76,6 +84,15 @@ impl UringWorker {
             cfg.buffers_per_worker,
         )?;
         let cap = cfg.max_sockets_per_worker as usize;
+        let batch_wait_usec = if cfg.batch_wait_usec > 0 && !uring.supports_batch_wait() {
+            tracing::warn!(
+                "kernel lacks io_uring batch wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12): \
+                 waking per completion"
+            );
+            0
+        } else {
+            cfg.batch_wait_usec
+        };
         Ok(Self {
             uring,
             fwd: Forwarder::new(index, cfg.max_sockets_per_worker, counters),
@@ -88,6 +105,9 @@ impl UringWorker {
             inflight_sends: 0,
             buf_count: u32::from(cfg.buffers_per_worker),
             stopping: false,
+            batch: cfg.batch_completions as usize,
+            batch_wait_usec,
+            received_last_turn: 0,
         })
     }
 
@@ -99,10 +119,20 @@ impl UringWorker {
             if self.stopping && self.removals.is_empty() && self.inflight_sends == 0 {
                 break;
             }
-            if let Err(e) = self.uring.submit_and_wait(1) {
+            // Coalesce only while packets arrive faster than the worker wakes: a turn that
+            // received several packets predicts more. After a quiet turn, block for the next
+            // completion, so light traffic and idle cost no timer wake-ups.
+            let flowing = self.received_last_turn >= COALESCE_AFTER_RECEIVED;
+            let waited = if flowing && self.batch_wait_usec > 0 && self.batch > 1 {
+                self.uring
+                    .submit_and_wait_batch(self.batch, self.batch_wait_usec)
+            } else {
+                self.uring.submit_and_wait(1)
+            };
+            if let Err(e) = waited {
                 match e.raw_os_error() {
-                    // Interrupted, or completions must be reaped first: both retried below.
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                    // Interrupted, timed out, or completions must be reaped first: all retried.
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME) => {}
                     _ => {
                         tracing::error!(error = %e, "io_uring_enter failed; worker stops");
                         break;
@@ -112,6 +142,10 @@ impl UringWorker {
             let now = Instant::now();
             let mut cqes = std::mem::take(&mut self.cqes);
             self.uring.drain_completions(&mut cqes);
+            self.received_last_turn = cqes
+                .iter()
+                .filter(|c| c.user_data() >> TAG_SHIFT == TAG_RECV)
+                .count();
             for cqe in &cqes {
                 self.on_completion(cqe, now);
             }

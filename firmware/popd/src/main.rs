@@ -51,6 +51,9 @@ struct RelayArgs {
     /// CPUs to pin the workers to, comma-separated.
     #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
     pin_cpus: Option<Vec<usize>>,
+    /// io_uring wake-up coalescing once media flows, in microseconds (0: off).
+    #[arg(long, value_name = "USEC")]
+    batch_wait_usec: Option<u32>,
     /// Concurrent calls before offers are answered `load limit`.
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
@@ -91,6 +94,9 @@ impl RelayArgs {
         }
         if let Some(v) = self.pin_cpus {
             cfg.dataplane.pin_cpus = v;
+        }
+        if let Some(v) = self.batch_wait_usec {
+            cfg.dataplane.batch_wait_usec = v;
         }
         if let Some(v) = self.max_sessions {
             cfg.limits.max_sessions = v;

@@ -53,6 +53,9 @@ struct Cli {
     /// Relay media port range end.
     #[arg(long, default_value_t = 29_999)]
     port_max: u16,
+    /// Extra argument for popd (repeatable), e.g. `--popd-arg=--batch-wait-usec=0`.
+    #[arg(long, allow_hyphen_values = true)]
+    popd_arg: Vec<String>,
     /// Worker threads of the relay (rtpengine --num-threads, popd --workers).
     #[arg(long, default_value_t = 1)]
     relay_threads: u32,
@@ -181,7 +184,11 @@ fn run(cli: &Cli) -> Result<bool, LoadgenError> {
             loadgen_cpu: cli.loadgen_cpu,
             threads: cli.relay_threads,
             log_dir: cli.log_dir.clone(),
-            extra_args: Vec::new(),
+            extra_args: if kind == RelayKind::Rtpengine {
+                Vec::new()
+            } else {
+                cli.popd_arg.clone()
+            },
         };
         let r = bench_relay(&spec, &settings, plan, memory_shape, &mut |relay, f| {
             println!("{}", report::run_line(relay, f));
