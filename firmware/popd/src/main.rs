@@ -57,6 +57,9 @@ struct RelayArgs {
     /// Concurrent calls before offers are answered `load limit`.
     #[arg(long, value_name = "N")]
     max_sessions: Option<usize>,
+    /// Seconds a released port rests before reuse.
+    #[arg(long, value_name = "SECS")]
+    port_quarantine_secs: Option<u64>,
     /// Seconds without media before a call is closed.
     #[arg(long, value_name = "SECS")]
     no_media_timeout: Option<u64>,
@@ -100,6 +103,9 @@ impl RelayArgs {
         }
         if let Some(v) = self.max_sessions {
             cfg.limits.max_sessions = v;
+        }
+        if let Some(v) = self.port_quarantine_secs {
+            cfg.media.port_quarantine_secs = v;
         }
         if let Some(v) = self.no_media_timeout {
             cfg.timeouts.no_media_secs = v;
