@@ -29,6 +29,10 @@ pub const RSS_TOLERANCE_FRACTION: f64 = 0.10;
 pub struct SoakPlan {
     /// Create/delete cycles to run.
     pub cycles: u64,
+    /// Churn before the baseline is taken, so bounded caches (the relay's NG reply cache holds
+    /// up to 4 MiB for 30 s) and allocator pools reach their working size first; growth after
+    /// that is what a leak looks like.
+    pub warmup: Duration,
     /// Sessions alive at once per batch.
     pub batch: usize,
     /// NG requests outstanding.
@@ -189,11 +193,19 @@ pub fn run(
     let tag = format!("soak{:x}", rand::random::<u32>());
     let started = Instant::now();
 
-    // One warm-up batch, so allocator pools and relay tables are at their working size before
-    // the baseline is taken.
-    let warm = session_specs(&format!("{tag}w"), 0, &endpoints);
-    ng.setup_sessions(&warm, plan.window, plan.sdp)?;
-    ng.delete_sessions(&warm, plan.window)?;
+    // Warm-up churn (at least one batch, bounded in time), so bounded caches and allocator
+    // pools are at their working size before the baseline is taken.
+    let warm_started = Instant::now();
+    let mut warm_round = 0u64;
+    loop {
+        let warm = session_specs(&format!("{tag}w{warm_round}"), 0, &endpoints);
+        ng.setup_sessions(&warm, plan.window, plan.sdp)?;
+        ng.delete_sessions(&warm, plan.window)?;
+        warm_round += 1;
+        if warm_started.elapsed() >= plan.warmup || warm_round >= 100_000 {
+            break;
+        }
+    }
     let baseline = settle(relay, &mut ng, None, plan.settle, 0, started)?;
     progress(&baseline);
 

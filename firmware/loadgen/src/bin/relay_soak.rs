@@ -34,6 +34,9 @@ struct Cli {
     /// Wall-time bound for the cycles, seconds.
     #[arg(long, default_value_t = 900)]
     max_duration_s: u64,
+    /// Seconds of create/delete churn before the baseline sample (caches fill up first).
+    #[arg(long, default_value_t = 10)]
+    warmup_s: u64,
     /// Sessions created before they are deleted again.
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -141,6 +144,7 @@ fn run(cli: &Cli) -> Result<u8, LoadgenError> {
     };
     let plan = SoakPlan {
         cycles: cli.cycles,
+        warmup: Duration::from_secs(cli.warmup_s),
         batch: cli.batch,
         window: cli.window,
         max_duration: Duration::from_secs(cli.max_duration_s),
