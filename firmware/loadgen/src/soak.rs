@@ -113,15 +113,17 @@ impl SoakReport {
 }
 
 /// Counters of a `statistics` reply that must return to baseline: current sessions and
-/// anything about ports (popd's port usage), never rates or totals.
+/// anything about ports (popd reports its port pool under `statistics.pop.ports*`), never
+/// rates or totals.
 pub fn tracked_counters(stats: &pop_wire::bencode::Value) -> Vec<(String, i64)> {
     integer_leaves(stats)
         .into_iter()
         .filter(|(k, _)| {
             let leaf = k.rsplit('.').next().unwrap_or(k).to_ascii_lowercase();
-            k.contains("currentstatistics")
-                && (leaf.starts_with("sessions") || leaf.contains("port"))
-                && !leaf.contains("rate")
+            let current = k.contains("currentstatistics")
+                && (leaf.starts_with("sessions") || leaf.contains("port"));
+            let popd_ports = k.contains(".pop.") && leaf.starts_with("ports");
+            (current || popd_ports) && !leaf.contains("rate")
         })
         .collect()
 }
