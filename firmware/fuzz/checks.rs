@@ -5,6 +5,7 @@
 //! Each check must not panic for any input except on a real bug, which the `assert!`s name.
 
 use pop_wire::bencode;
+use pop_wire::bfd::{BfdControl, BfdPacket, BfdState, BFD_CONTROL_LEN};
 use pop_wire::rtcp::{RtcpCompound, RtcpPacket};
 use pop_wire::rtp::{is_rtcp_on_muxed_port, RtpPacket, RTP_HEADER_LEN};
 use pop_wire::sdp::Sdp;
@@ -111,5 +112,29 @@ pub fn sdp(data: &[u8]) {
     match Sdp::parse(&emitted) {
         Ok(again) => assert!(again == parsed, "emitted SDP re-parses differently"),
         Err(e) => panic!("emitted SDP does not parse: {e}"),
+    }
+}
+
+/// BFD control packet: a validated view obeys the RFC 5880 §6.8.6 packet rules, its
+/// authentication section lies inside Length, and an unauthenticated packet re-emits the same
+/// mandatory section.
+pub fn bfd(data: &[u8]) {
+    let Ok(p) = BfdPacket::new_checked(data) else {
+        return;
+    };
+    let c = BfdControl::from_packet(&p);
+    let len = usize::from(p.length());
+    assert!((BFD_CONTROL_LEN..=data.len()).contains(&len));
+    assert!(c.detect_mult != 0 && c.my_discriminator != 0);
+    assert!(!(c.poll && c.final_));
+    assert!(c.your_discriminator != 0 || matches!(c.state, BfdState::Down | BfdState::AdminDown));
+    assert_eq!(p.as_bytes().len(), len);
+    if let Some(auth) = p.auth_section() {
+        assert!(auth.len() >= 2 && BFD_CONTROL_LEN + auth.len() <= len);
+    } else {
+        let mut out = [0u8; BFD_CONTROL_LEN];
+        assert_eq!(c.emit(&mut out), Ok(BFD_CONTROL_LEN));
+        let again = BfdPacket::new_checked(&out[..]).map(|q| BfdControl::from_packet(&q));
+        assert_eq!(again, Ok(c), "re-emitted packet parses differently");
     }
 }

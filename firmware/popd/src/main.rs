@@ -19,6 +19,21 @@ struct Cli {
 enum Service {
     /// RTP/RTCP media relay driven by the NG control protocol (rtpengine-compatible).
     Relay(RelayArgs),
+    /// Uplink monitor: carrier, BFD and probes per uplink; moves the routes on failure.
+    Linkmon(ConfigArgs),
+    /// Hardware watchdog, petted only while every critical service makes progress.
+    Watchdog(ConfigArgs),
+}
+
+/// Services configured by one file only.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML configuration file (see image/etc/popd/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 /// Flags override the config file; the result is validated before anything starts.
@@ -125,10 +140,49 @@ fn init_logging() {
         .init();
 }
 
+/// Loads a config, prints it for `--check-config`, or runs the service; exit 2 on a bad config.
+fn config_service<C: std::fmt::Debug, E: std::fmt::Display, R>(
+    name: &str,
+    args: ConfigArgs,
+    load: impl FnOnce(&std::path::Path) -> Result<C, E>,
+    run: impl FnOnce(C) -> Result<R, E>,
+) -> ExitCode {
+    let cfg = match load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("popd {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("{cfg:#?}");
+        return ExitCode::SUCCESS;
+    }
+    match run(cfg) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("popd {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.service {
+        Service::Linkmon(args) => config_service(
+            "linkmon",
+            args,
+            pop_linkmon::LinkmonConfig::from_file,
+            pop_linkmon::run,
+        ),
+        Service::Watchdog(args) => config_service(
+            "watchdog",
+            args,
+            pop_watchdog::WatchdogConfig::from_file,
+            pop_watchdog::run,
+        ),
         Service::Relay(args) => {
             let (cfg, check_only) = match args.into_config() {
                 Ok(c) => c,

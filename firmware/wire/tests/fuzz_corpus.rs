@@ -63,6 +63,11 @@ fn bencode_corpus() {
 }
 
 #[test]
+fn bfd_corpus() {
+    replay("bfd", checks::bfd);
+}
+
+#[test]
 fn sdp_corpus() {
     replay("sdp", checks::sdp);
 }
@@ -84,4 +89,6 @@ fn seeds_include_valid_inputs() {
     );
     assert!(bencode::decode(&read("bencode", "seed-ng-offer")).is_ok());
     assert!(Sdp::parse(&read("sdp", "seed-audio-offer")).is_ok());
+    assert!(pop_wire::bfd::BfdControl::parse(&read("bfd", "seed-up-poll")).is_ok());
+    assert!(pop_wire::bfd::BfdControl::parse(&read("bfd", "seed-auth-simple")).is_ok());
 }
