@@ -24,7 +24,9 @@
 //!
 //! Transport security: commands carrying secrets (EncryptDecrypt2, Create with sealed data,
 //! Unseal, GetRandom) run in a session salted with the primary and with parameter encryption, so
-//! data keys and secrets never cross the TPM bus in clear.
+//! data keys and secrets never cross the TPM bus in clear. This costs host CPU in tss2-esys (see
+//! [`TpmConfig::parameter_encryption`]): keep an unwrapped [`DataKey`] for the life of a
+//! segment or stream rather than unwrapping per use.
 //!
 //! Handles: a TPM guarantees only 3 transient object slots (`TPM2_PT_HR_TRANSIENT_MIN`) and 3
 //! loaded sessions. The store keeps at most primary + wrap key + one signing key loaded, and
@@ -86,6 +88,16 @@ pub struct TpmConfig {
     /// Directory for the TPM-encrypted key blobs (root wrap key, signing keys). Useless without
     /// this TPM; created with mode 0700 if missing.
     pub state_dir: PathBuf,
+    /// Encrypt secrets on the TPM bus (salted sessions with parameter encryption). Default on.
+    /// Costs about 3 ms of host CPU per EncryptDecrypt2/GetRandom/Create/Unseal in tss2-esys
+    /// 3.2 with OpenSSL 3; turn off only where the TPM is on-die (firmware TPM) and the bus
+    /// cannot be probed.
+    #[serde(default = "default_true")]
+    pub parameter_encryption: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What a TPM has loaded right now, as `TPM2_GetCapability(TPM_CAP_HANDLES)` reports it.
@@ -117,6 +129,7 @@ struct Inner {
     primary: Option<KeyHandle>,
     /// Salted HMAC session used for parameter encryption; kept for the store's lifetime.
     session: Option<AuthSession>,
+    parameter_encryption: bool,
     root: Option<(KeyId, KeyHandle)>,
     /// The most recently used signing key, kept loaded.
     signer: Option<(String, KeyHandle)>,
@@ -165,6 +178,7 @@ impl TpmKeyStore {
             ctx,
             primary: None,
             session: None,
+            parameter_encryption: config.parameter_encryption,
             root: None,
             signer: None,
             signing_keys: HashMap::new(),
@@ -340,6 +354,9 @@ impl Inner {
             })?
             .key_handle;
         self.primary = Some(primary);
+        if !self.parameter_encryption {
+            return Ok(());
+        }
         let session = self
             .ctx
             .execute_without_session(|ctx| {
@@ -373,6 +390,15 @@ impl Inner {
         encrypt: bool,
         f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
     ) -> tss_esapi::Result<T> {
+        if !self.parameter_encryption {
+            // Commands without an authorised handle (GetRandom) take no password session.
+            return if decrypt {
+                self.ctx
+                    .execute_with_session(Some(AuthSession::Password), f)
+            } else {
+                self.ctx.execute_without_session(f)
+            };
+        }
         let session = self.session.ok_or(tss_esapi::Error::WrapperError(
             tss_esapi::WrapperErrorKind::WrongValueFromTpm,
         ))?;
@@ -520,12 +546,16 @@ impl Inner {
         kind: SessionType,
         pcrs: &PcrSelectionList,
     ) -> Result<AuthSession> {
-        let primary = self.primary()?;
+        let salt = if self.parameter_encryption {
+            Some(self.primary()?)
+        } else {
+            None
+        };
         let session = self
             .ctx
             .execute_without_session(|ctx| {
                 ctx.start_auth_session(
-                    Some(primary),
+                    salt,
                     None,
                     None,
                     kind,
@@ -597,7 +627,7 @@ impl Inner {
             .and_then(|session| {
                 let (attrs, mask) = SessionAttributesBuilder::new()
                     .with_continue_session(true)
-                    .with_encrypt(true)
+                    .with_encrypt(self.parameter_encryption)
                     .build();
                 let out = self
                     .ctx
@@ -842,6 +872,7 @@ mod tests {
             toml::from_str("tcti = \"device:/dev/tpmrm0\"\nstate_dir = \"/var/lib/pop/tpm\"")
                 .unwrap();
         assert_eq!(ok.tcti, "device:/dev/tpmrm0");
+        assert!(ok.parameter_encryption, "bus encryption must default to on");
         assert!(
             toml::from_str::<TpmConfig>("tcti = \"x\"\nstate_dir = \"/\"\npath = \"/\"").is_err()
         );
