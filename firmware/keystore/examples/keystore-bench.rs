@@ -206,6 +206,24 @@ fn softhsm_store(dir: &Path) -> Arc<dyn KeyStore> {
     )
 }
 
+// The swtpm fixture the TPM tests use: starts a private simulator on loopback, killed by PID.
+#[path = "../tests/tpm_support/mod.rs"]
+#[allow(dead_code)]
+mod tpm_support;
+
+fn tpm_store(
+    swtpm: &tpm_support::Swtpm,
+    dir: &Path,
+    parameter_encryption: bool,
+) -> Arc<dyn KeyStore> {
+    let config = pop_keystore::tpm::TpmConfig {
+        tcti: swtpm.tcti(),
+        state_dir: dir.to_path_buf(),
+        parameter_encryption,
+    };
+    Arc::new(pop_keystore::tpm::TpmKeyStore::open(&config).expect("open TPM store"))
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     if cfg!(debug_assertions) {
@@ -217,6 +235,18 @@ fn main() {
     bench_backend(
         "pkcs11 (SoftHSM2)",
         softhsm_store(&tmp.path().join("softhsm")),
+        quick,
+    );
+    // swtpm serves one connection at a time: each store is dropped before the next opens.
+    let swtpm = tpm_support::Swtpm::start();
+    bench_backend(
+        "tpm (swtpm, bus encryption on)",
+        tpm_store(&swtpm, &tmp.path().join("tpm"), true),
+        quick,
+    );
+    bench_backend(
+        "tpm (swtpm, bus encryption off)",
+        tpm_store(&swtpm, &tmp.path().join("tpm"), false),
         quick,
     );
 }

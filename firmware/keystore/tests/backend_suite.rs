@@ -469,6 +469,7 @@ backend_suite!(
     support::SoftHsmFixture::new(),
     supports_pcrs = false
 );
+backend_suite!(tpm, support::TpmFixture::new(), supports_pcrs = true);
 
 #[test]
 fn dev_backend_refused_on_production_board() {

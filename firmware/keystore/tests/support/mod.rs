@@ -15,6 +15,22 @@ use pop_keystore::{KeyStore, Profile};
 
 pub mod tls;
 
+#[path = "../tpm_support/mod.rs"]
+pub mod tpm_support;
+pub use tpm_support::TpmFixture;
+
+impl Fixture for TpmFixture {
+    fn open(&self) -> Arc<dyn KeyStore> {
+        Arc::new(self.open_tpm())
+    }
+    fn dir(&self) -> &Path {
+        TpmFixture::dir(self)
+    }
+    fn describe(&self) -> String {
+        TpmFixture::describe(self)
+    }
+}
+
 /// Tells a re-executed test binary that it is the second process of a restart test, and how to
 /// open the first process's state.
 pub const CHILD_ENV: &str = "POP_KEYSTORE_SUITE_CHILD";
@@ -47,6 +63,9 @@ pub fn from_description(desc: &str) -> Box<dyn Fixture> {
             token: token.to_owned(),
             _tmp: None,
         }),
+        (Some("tpm"), Some(_), Some(_)) => {
+            Box::new(TpmFixture::from_description(desc).expect("tpm fixture description"))
+        }
         _ => panic!("bad child fixture description {desc:?}"),
     }
 }
