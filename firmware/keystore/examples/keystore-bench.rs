@@ -208,7 +208,6 @@ fn softhsm_store(dir: &Path) -> Arc<dyn KeyStore> {
 
 // The swtpm fixture the TPM tests use: starts a private simulator on loopback, killed by PID.
 #[path = "../tests/tpm_support/mod.rs"]
-#[allow(dead_code)]
 mod tpm_support;
 
 fn tpm_store(
