@@ -4,6 +4,7 @@
 //! rtnetlink replace. Events and status are served as JSON lines on a Unix socket.
 
 #![deny(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
 pub mod error;
@@ -15,6 +16,6 @@ pub mod status_server;
 pub mod sys;
 pub mod uplink_sockets;
 
-pub use error::LinkmonError;
 pub use config::LinkmonConfig;
+pub use error::LinkmonError;
 pub use service::{run, run_until};

@@ -15,6 +15,8 @@ struct Cli {
     service: Service,
 }
 
+// Parsed once at start: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Service {
     /// RTP/RTCP media relay driven by the NG control protocol (rtpengine-compatible).

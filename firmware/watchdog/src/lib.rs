@@ -13,6 +13,7 @@
 //! `unsafe` in the crate, [`service`] the loop, [`sd_notify`] the systemd protocol.
 
 #![deny(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
 pub mod device;
