@@ -105,3 +105,77 @@ fn ready_line_means_ng_answers_and_sigterm_stops_cleanly() {
     let status = relay.stop().unwrap_or_else(|e| panic!("{e:#}"));
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
 }
+
+#[test]
+fn relay_notifies_systemd_and_beats_for_the_hardware_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+
+    let dir = TestDir::new("popd-cli-supervision").unwrap_or_else(|e| panic!("{e:#}"));
+    let notify = UnixDatagram::bind(dir.file("notify.sock")).expect("bind NOTIFY_SOCKET");
+    let watchdog = UnixDatagram::bind(dir.file("watchdog.sock")).expect("bind watchdog socket");
+    for s in [&notify, &watchdog] {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+    }
+    let config = dir.file("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[supervision]\nwatchdog_socket = \"{}\"\n",
+            dir.file("watchdog.sock").display()
+        ),
+    )
+    .expect("write config");
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let ng_port = ports::free_udp_port(localhost).unwrap_or_else(|e| panic!("{e:#}"));
+    let range = ports::free_udp_port_range(&[localhost], 64).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut cmd = Command::new(binaries::popd().unwrap_or_else(|e| panic!("{e:#}")));
+    cmd.args(["relay", "--config", config.to_str().expect("utf-8")])
+        .args(["--ng-listen", &format!("127.0.0.1:{ng_port}")])
+        .args(["--port-min", &range.start().to_string()])
+        .args(["--port-max", &range.end().to_string()])
+        .env("NOTIFY_SOCKET", dir.file("notify.sock"))
+        // 400 ms watchdog: WATCHDOG=1 every 200 ms.
+        .env("WATCHDOG_USEC", "400000");
+    let relay = ChildGuard::spawn("popd", &mut cmd, &dir).unwrap_or_else(|e| panic!("{e:#}"));
+
+    let mut buf = [0u8; 512];
+    let mut recv = |s: &UnixDatagram| -> String {
+        let n = s
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no datagram within 5 s: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv(&notify);
+    assert!(
+        first.contains("READY=1"),
+        "first notification is readiness: {first:?}"
+    );
+    let started = std::time::Instant::now();
+    let mut watchdogs = 0;
+    while watchdogs < 3 {
+        if recv(&notify).contains("WATCHDOG=1") {
+            watchdogs += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "3 WATCHDOG=1 at 200 ms intervals took {:?}",
+        started.elapsed()
+    );
+    let beat = recv(&watchdog);
+    assert!(
+        beat.starts_with("POPD-HEARTBEAT/1 relay"),
+        "heartbeat for popd watchdog: {beat:?}"
+    );
+    let status = relay.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "{status:?}");
+    let mut stopping = false;
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    while let Ok(n) = notify.recv(&mut buf) {
+        stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "a clean stop says STOPPING=1");
+}

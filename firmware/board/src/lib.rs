@@ -190,7 +190,10 @@ impl Board {
                 (NicRole::Management, Some(_)) => {
                     return Err(invalid(
                         "nics.preference",
-                        format!("`{}` is not an uplink; preference applies to uplinks", nic.name),
+                        format!(
+                            "`{}` is not an uplink; preference applies to uplinks",
+                            nic.name
+                        ),
                     ))
                 }
                 (NicRole::Management, None) => {}

@@ -185,6 +185,15 @@ impl Dataplane {
     }
 
     /// Stops the workers, closing every socket, and joins them.
+    /// Whether every worker thread is still running (a worker that died — a panic, a fatal
+    /// ring error — leaves its streams unforwarded; supervision must then stop vouching for
+    /// the relay so that it is restarted).
+    pub fn workers_alive(&self) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.thread.as_ref().is_some_and(|t| !t.is_finished()))
+    }
+
     pub fn shutdown(self) {
         drop(self);
     }

@@ -157,6 +157,15 @@ impl Default for TimeoutsConfig {
     }
 }
 
+/// `[supervision]`: who vouches for the relay's progress.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// `popd watchdog`'s heartbeat socket; the relay beats there once a second while its
+    /// control loop runs and every data-plane worker is alive. Unset: no heartbeats.
+    pub watchdog_socket: Option<std::path::PathBuf>,
+}
+
 /// The whole relay configuration.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -171,6 +180,8 @@ pub struct RelayConfig {
     pub limits: LimitsConfig,
     /// Session timeouts.
     pub timeouts: TimeoutsConfig,
+    /// Heartbeats to the hardware-watchdog service.
+    pub supervision: SupervisionConfig,
 }
 
 impl RelayConfig {

@@ -43,6 +43,11 @@ impl DataplaneMedia {
         self.dataplane.totals()
     }
 
+    /// Whether every data-plane worker is still running.
+    pub fn workers_alive(&self) -> bool {
+        self.dataplane.workers_alive()
+    }
+
     /// Stops the workers (closing every socket they own).
     pub fn shutdown(self) {
         self.dataplane.shutdown();

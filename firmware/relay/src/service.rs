@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use pop_dataplane::{Dataplane, DataplaneError};
 use pop_relay_core::{CoreError, RelayCore};
+use pop_watchdog::sd_notify::{Notifier, NotifyState, SystemdWatchdog};
+use pop_watchdog::HeartbeatSender;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +41,9 @@ pub enum ServiceError {
         /// OS error.
         source: std::io::Error,
     },
+    /// systemd notification or watchdog heartbeat set-up failed.
+    #[error("supervision: {0}")]
+    Supervision(#[from] pop_watchdog::WatchdogError),
     /// The async runtime could not be built.
     #[error("cannot start the control runtime: {0}")]
     Runtime(std::io::Error),
@@ -50,6 +55,70 @@ const MAX_NG_MESSAGE: usize = 256 * 1024;
 
 /// How often timeouts are swept at the latest, even if the core names no earlier deadline.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the relay vouches for itself at the latest (heartbeat to `popd watchdog`).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// systemd readiness/watchdog and `popd watchdog` heartbeats. Both are sent from the control
+/// loop itself, and only while every data-plane worker is alive: a hung loop or a dead worker
+/// stops them, and the relay is restarted (systemd) or the board reset (hardware watchdog)
+/// rather than left running without forwarding.
+struct Supervision {
+    notifier: Option<Notifier>,
+    heartbeat: Option<HeartbeatSender>,
+    interval: Duration,
+    /// Heartbeat failures are logged when they start and when they end, not every second.
+    heartbeat_failing: bool,
+}
+
+impl Supervision {
+    fn new(cfg: &RelayConfig) -> Result<Self, ServiceError> {
+        let notifier = Notifier::from_env()?;
+        let systemd = SystemdWatchdog::from_env().filter(|_| notifier.is_some());
+        let heartbeat = match &cfg.supervision.watchdog_socket {
+            Some(path) => Some(HeartbeatSender::new(path, "relay")?),
+            None => None,
+        };
+        let interval = systemd.map_or(HEARTBEAT_INTERVAL, |w| w.interval().min(HEARTBEAT_INTERVAL));
+        Ok(Self {
+            notifier,
+            heartbeat,
+            interval,
+            heartbeat_failing: false,
+        })
+    }
+
+    fn notify(&self, states: &[NotifyState<'_>]) {
+        if let Some(n) = &self.notifier {
+            if let Err(e) = n.notify(states) {
+                warn!(error = %e, "systemd notification failed");
+            }
+        }
+    }
+
+    /// Called from the control loop: it progressed to here.
+    fn vouch(&mut self, media: &DataplaneMedia, sessions: usize) {
+        if !media.workers_alive() {
+            warn!("a data-plane worker has stopped: withholding watchdog notifications");
+            return;
+        }
+        self.notify(&[NotifyState::Watchdog]);
+        if let Some(h) = &self.heartbeat {
+            let detail = format!("sessions={sessions}");
+            match h.beat(Some(&detail)) {
+                Err(e) if !self.heartbeat_failing => {
+                    warn!(error = %e, "watchdog heartbeat failed (is popd watchdog running?)");
+                    self.heartbeat_failing = true;
+                }
+                Ok(()) if self.heartbeat_failing => {
+                    info!("watchdog heartbeats delivered again");
+                    self.heartbeat_failing = false;
+                }
+                _ => {}
+            }
+        }
+    }
+}
 
 /// A request that arrived over TCP, forwarded to the control loop.
 struct TcpRequest {
@@ -99,6 +168,9 @@ async fn control_loop(
     } else {
         drop(tcp_tx);
     }
+    let mut supervision = Supervision::new(cfg)?;
+    let mut vouch_tick = tokio::time::interval(supervision.interval);
+    vouch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServiceError::Runtime)?;
     info!(
@@ -110,6 +182,7 @@ async fn control_loop(
         workers = cfg.dataplane.workers,
         "relay ready"
     );
+    supervision.notify(&[NotifyState::Ready, NotifyState::Status("relay ready")]);
 
     let mut buf = vec![0u8; 65536];
     let mut next_sweep = Instant::now() + MAX_SWEEP_INTERVAL;
@@ -140,10 +213,12 @@ async fn control_loop(
                 let latest = now + MAX_SWEEP_INTERVAL;
                 next_sweep = next.map_or(latest, |n| n.clamp(now + Duration::from_millis(10), latest));
             }
+            _ = vouch_tick.tick() => supervision.vouch(&media, core.session_count()),
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
         }
     }
+    supervision.notify(&[NotifyState::Stopping]);
     Ok(media)
 }
 
