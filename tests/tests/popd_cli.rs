@@ -179,3 +179,22 @@ fn relay_notifies_systemd_and_beats_for_the_hardware_watchdog() {
     }
     assert!(stopping, "a clean stop says STOPPING=1");
 }
+
+#[test]
+fn shipped_image_configurations_validate() {
+    let image = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/etc/popd");
+    for service in ["relay", "linkmon", "watchdog"] {
+        let file = image.join(format!("{service}.toml"));
+        let out = popd(&[
+            service,
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--check-config",
+        ]);
+        assert!(
+            out.status.success(),
+            "image/etc/popd/{service}.toml is refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
