@@ -2,8 +2,10 @@
 //! through the same runs in one invocation — CPU per packet at a fixed offered rate, a step
 //! search for the highest rate under the loss threshold, the 1,000-session run, memory at
 //! 4,000 sessions and the NG setup rate — each run against a freshly started relay pinned to
-//! its own core.
+//! its own core. The floor reference (`relay-floor`) goes through the same runs with computed
+//! port pairs instead of NG sessions, so it has no setup rate.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -55,14 +57,18 @@ pub struct RunFigures {
     pub sessions: usize,
     /// Nominal offered rate, packets/s (sessions × 2 streams × 1/interval).
     pub nominal_pps: f64,
-    /// Offer+answer pairs per second while creating the sessions.
-    pub setup_pairs_per_s: f64,
+    /// Offer+answer pairs per second while creating the sessions; None for the floor
+    /// reference, whose sessions are computed, not negotiated.
+    pub setup_pairs_per_s: Option<f64>,
     /// Traffic figures of the measured window.
     pub traffic: TrafficReport,
     /// Relay CPU seconds in the window.
     pub relay_cpu_s: f64,
     /// Relay CPU as a fraction of one core.
     pub relay_cpu_core: f64,
+    /// Share of the relay's CPU in the window spent in the kernel (stime / utime+stime): on
+    /// loopback this is the UDP send and receive path, which no relay design avoids.
+    pub relay_cpu_sys_share: f64,
     /// Relay CPU µs per forwarded (delivered) packet.
     pub relay_cpu_us_per_packet: f64,
     /// Relay sample after the window.
@@ -146,7 +152,7 @@ pub fn measure_run(
     }
     let host_idle_before =
         crate::host::cpu_idle_fractions(&[spec.cpu, spec.loadgen_cpu], Duration::from_millis(300));
-    let mut relay = spec.start(instance)?;
+    let mut relay = spec.start_for(instance, shape.sessions)?;
     let sockets = EndpointSockets::bind(settings.loadgen_sockets, settings.loadgen_first_port)?;
     let endpoints: Vec<_> = (0..shape.sessions)
         .map(|i| {
@@ -156,10 +162,19 @@ pub fn measure_run(
             )
         })
         .collect();
-    let specs = session_specs(&format!("bench-{instance}"), 0, &endpoints);
-    let mut ng = NgClient::connect(relay.ng())?;
-    let setup = ng.setup_sessions(&specs, settings.setup_window, settings.sdp)?;
-    let streams = traffic::session_streams(&setup.routes, 0);
+    let (routes, setup_pairs_per_s) = if spec.kind.has_ng() {
+        let specs = session_specs(&format!("bench-{instance}"), 0, &endpoints);
+        let mut ng = NgClient::connect(relay.ng()?)?;
+        let setup = ng.setup_sessions(&specs, settings.setup_window, settings.sdp)?;
+        let rate = setup.pairs_per_s();
+        (setup.routes, Some(rate))
+    } else {
+        (
+            crate::floor::session_routes(Ipv4Addr::LOCALHOST, spec.port_min, shape.sessions)?,
+            None,
+        )
+    };
+    let streams = traffic::session_streams(&routes, 0);
     let phases = [
         Phase {
             role: PhaseRole::Warmup,
@@ -192,12 +207,18 @@ pub fn measure_run(
     };
     let relay_after = relay.sample()?;
     let relay_cpu_s = (s1.cpu_s - s0.cpu_s).max(0.0);
+    let relay_sys_s = (s1.cpu_sys_s - s0.cpu_sys_s).max(0.0);
     let nominal_pps = 2.0 * shape.sessions as f64 / shape.interval.as_secs_f64();
     Ok(RunFigures {
         sessions: shape.sessions,
         nominal_pps,
-        setup_pairs_per_s: setup.pairs_per_s(),
+        setup_pairs_per_s,
         relay_cpu_core: relay_cpu_s / report.measured_s.max(1e-9),
+        relay_cpu_sys_share: if relay_cpu_s > 0.0 {
+            (relay_sys_s / relay_cpu_s).min(1.0)
+        } else {
+            0.0
+        },
         relay_cpu_us_per_packet: if report.received == 0 {
             0.0
         } else {

@@ -26,15 +26,13 @@ pub enum LoadgenError {
         #[source]
         source: std::io::Error,
     },
-    /// The relay did not answer an NG `ping` in time after start.
-    #[error(
-        "relay `{name}` not ready after {waited_ms} ms (no NG pong on {ng}); see its log {log}"
-    )]
+    /// The relay did not answer an NG `ping` (or print its ready line) in time after start.
+    #[error("relay `{name}` not ready after {waited_ms} ms ({check}); see its log {log}")]
     NotReady {
         /// Relay label.
         name: String,
-        /// NG address probed.
-        ng: SocketAddr,
+        /// Which readiness check went unanswered.
+        check: String,
         /// How long we waited.
         waited_ms: u64,
         /// Path of the relay's captured stderr.

@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod clock;
 pub mod error;
+pub mod floor;
 pub mod host;
 pub mod latency;
 pub mod ng_client;

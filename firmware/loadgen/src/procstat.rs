@@ -9,6 +9,8 @@ use crate::error::{LoadgenError, Result};
 pub struct ProcSample {
     /// utime + stime of all threads, in seconds.
     pub cpu_s: f64,
+    /// stime alone (kernel time: system calls and the network stack work they carry), seconds.
+    pub cpu_sys_s: f64,
     /// Resident set size, KiB.
     pub rss_kib: u64,
     /// Peak resident set size, KiB.
@@ -29,7 +31,7 @@ fn clock_ticks() -> f64 {
 pub fn sample(pid: u32) -> Result<ProcSample> {
     let stat_path = format!("/proc/{pid}/stat");
     let stat = read(&stat_path)?;
-    let cpu_ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| LoadgenError::Proc {
+    let (utime, stime) = parse_stat_user_sys_ticks(&stat).ok_or_else(|| LoadgenError::Proc {
         path: stat_path.clone(),
         reason: "no utime/stime fields".into(),
     })?;
@@ -43,7 +45,8 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         })?
         .count() as u64;
     Ok(ProcSample {
-        cpu_s: cpu_ticks as f64 / clock_ticks(),
+        cpu_s: (utime + stime) as f64 / clock_ticks(),
+        cpu_sys_s: stime as f64 / clock_ticks(),
         rss_kib: parse_status_kib(&status, "VmRSS:").unwrap_or(0),
         hwm_kib: parse_status_kib(&status, "VmHWM:").unwrap_or(0),
         fds,
@@ -65,12 +68,17 @@ fn read(path: &str) -> Result<String> {
 /// utime + stime (fields 14 and 15) from a `/proc/PID/stat` line. The command name (field 2)
 /// may contain spaces and parentheses, so fields are counted after its last `)`.
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_stat_user_sys_ticks(stat).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) from a `/proc/PID/stat` line, fields counted as in [`parse_stat_cpu_ticks`].
+pub fn parse_stat_user_sys_ticks(stat: &str) -> Option<(u64, u64)> {
     let after = stat.get(stat.rfind(')')? + 1..)?;
     let mut fields = after.split_ascii_whitespace();
     // After the name: field 3 (state) is the first; utime is field 14 → index 11.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A `kB` value of a `/proc/PID/status` line such as `VmRSS:   1234 kB`.
@@ -92,6 +100,7 @@ mod tests {
     fn stat_fields_counted_after_command_name_with_spaces() {
         let line = "1234 (rtp engine) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
         assert_eq!(parse_stat_cpu_ticks(line), Some(325));
+        assert_eq!(parse_stat_user_sys_ticks(line), Some((250, 75)));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
     }
 

@@ -1,6 +1,6 @@
 //! The relay under test as a child process: started pinned to its core, probed with NG `ping`
-//! until ready, sampled through `/proc`, and stopped by PID (SIGTERM, then SIGKILL) when dropped
-//! — on success and on every error path.
+//! (the floor reference: its ready line) until ready, sampled through `/proc`, and stopped by
+//! PID (SIGTERM, then SIGKILL) when dropped — on success and on every error path.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -31,6 +31,9 @@ pub enum RelayKind {
     PopdUring,
     /// `popd relay --io-backend mmsg`.
     PopdMmsg,
+    /// `relay-floor`: the minimal UDP forwarder, a CPU reference with no NG (sessions are
+    /// computed port pairs, see [`crate::floor::session_routes`]).
+    Floor,
 }
 
 impl RelayKind {
@@ -40,7 +43,13 @@ impl RelayKind {
             Self::Rtpengine => "rtpengine",
             Self::PopdUring => "popd-uring",
             Self::PopdMmsg => "popd-mmsg",
+            Self::Floor => "floor",
         }
+    }
+
+    /// Whether the relay is driven over NG (the floor reference is not).
+    pub fn has_ng(self) -> bool {
+        self != Self::Floor
     }
 }
 
@@ -49,7 +58,7 @@ impl RelayKind {
 pub struct RelaySpec {
     /// Implementation.
     pub kind: RelayKind,
-    /// Binary to run (`/usr/bin/rtpengine` or the `popd` build).
+    /// Binary to run (`/usr/bin/rtpengine`, the `popd` build or `relay-floor`).
     pub binary: PathBuf,
     /// First media port the relay may use.
     pub port_min: u16,
@@ -73,7 +82,8 @@ pub struct RelayProcess {
     child: Child,
     name: String,
     log: PathBuf,
-    ng: SocketAddr,
+    /// None for the floor reference, which has no NG socket.
+    ng: Option<SocketAddr>,
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -85,7 +95,7 @@ fn free_udp_port() -> Result<u16> {
 }
 
 impl RelaySpec {
-    fn args(&self, ng: SocketAddr, pidfile: &Path) -> Vec<String> {
+    fn args(&self, ng: SocketAddr, pidfile: &Path, floor_pairs: usize) -> Vec<String> {
         let mut a: Vec<String> = match self.kind {
             RelayKind::Rtpengine => vec![
                 // Debian's /etc/rtpengine/rtpengine.conf would otherwise add kernel tables,
@@ -127,13 +137,30 @@ impl RelaySpec {
                 }
                 .into(),
             ],
+            RelayKind::Floor => vec![
+                "--address".into(),
+                "127.0.0.1".into(),
+                "--port-base".into(),
+                self.port_min.to_string(),
+                "--pairs".into(),
+                floor_pairs.to_string(),
+            ],
         };
         a.extend(self.extra_args.iter().cloned());
         a
     }
 
-    /// Starts the relay pinned to `self.cpu` and waits until it answers `ping`.
+    /// Starts the relay pinned to `self.cpu` and waits until it answers `ping`. The floor
+    /// reference gets as many pairs as its port range holds; [`Self::start_for`] binds only
+    /// what a run needs.
     pub fn start(&self, instance: &str) -> Result<RelayProcess> {
+        let ports = usize::from(self.port_max.saturating_sub(self.port_min)) + 1;
+        self.start_for(instance, ports / 2)
+    }
+
+    /// Like [`Self::start`]; the floor reference binds `sessions` port pairs (one per
+    /// session), so it holds no more sockets than the run uses. NG relays ignore `sessions`.
+    pub fn start_for(&self, instance: &str, sessions: usize) -> Result<RelayProcess> {
         let ng = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_port()?));
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|e| LoadgenError::sys("create log directory", e))?;
@@ -148,7 +175,7 @@ impl RelaySpec {
         // the spawn so every thread the relay creates starts there, then move back.
         pin_current_thread(self.cpu)?;
         let spawned = Command::new(&self.binary)
-            .args(self.args(ng, &pidfile))
+            .args(self.args(ng, &pidfile, sessions))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -162,7 +189,7 @@ impl RelaySpec {
             child,
             name,
             log,
-            ng,
+            ng: self.kind.has_ng().then_some(ng),
         };
         relay.wait_ready()?;
         Ok(relay)
@@ -172,7 +199,10 @@ impl RelaySpec {
 impl RelayProcess {
     fn wait_ready(&mut self) -> Result<()> {
         let started = Instant::now();
-        let mut ng = NgClient::connect(self.ng)?;
+        let Some(ng_addr) = self.ng else {
+            return self.wait_ready_line(started);
+        };
+        let mut ng = NgClient::connect(ng_addr)?;
         while started.elapsed() < READY_TIMEOUT {
             self.check_alive()?;
             if ng.ping_once(Duration::from_millis(100)) {
@@ -181,7 +211,25 @@ impl RelayProcess {
         }
         Err(LoadgenError::NotReady {
             name: self.name.clone(),
-            ng: self.ng,
+            check: format!("no NG pong on {ng_addr}"),
+            waited_ms: started.elapsed().as_millis() as u64,
+            log: self.log.clone(),
+        })
+    }
+
+    /// The floor reference prints a ready line once every socket is bound and registered.
+    fn wait_ready_line(&mut self, started: Instant) -> Result<()> {
+        while started.elapsed() < READY_TIMEOUT {
+            self.check_alive()?;
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.lines().any(|l| l.starts_with(crate::floor::READY_LINE)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(LoadgenError::NotReady {
+            name: self.name.clone(),
+            check: format!("no `{}` line", crate::floor::READY_LINE),
             waited_ms: started.elapsed().as_millis() as u64,
             log: self.log.clone(),
         })
@@ -200,9 +248,12 @@ impl RelayProcess {
         }
     }
 
-    /// The relay's NG address.
-    pub fn ng(&self) -> SocketAddr {
-        self.ng
+    /// The relay's NG address; an error for the floor reference, which has none.
+    pub fn ng(&self) -> Result<SocketAddr> {
+        self.ng.ok_or_else(|| LoadgenError::Config {
+            field: "relays",
+            reason: format!("relay `{}` has no NG socket", self.name),
+        })
     }
 
     /// The relay's PID.

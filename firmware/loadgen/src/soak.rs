@@ -191,7 +191,7 @@ pub fn run(
             )
         })
         .collect();
-    let mut ng = NgClient::connect(relay.ng())?;
+    let mut ng = NgClient::connect(relay.ng()?)?;
     let tag = format!("soak{:x}", rand::random::<u32>());
     let started = Instant::now();
 
@@ -333,6 +333,7 @@ mod tests {
             elapsed_s: 0.0,
             relay: ProcSample {
                 cpu_s: 0.0,
+                cpu_sys_s: 0.0,
                 rss_kib: rss,
                 hwm_kib: rss,
                 fds,

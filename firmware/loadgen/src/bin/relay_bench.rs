@@ -1,5 +1,6 @@
 //! `relay-bench`: rtpengine and our relay (io_uring and mmsg backends) under the same load in
-//! one invocation; prints tables, ratios and target verdicts, writes JSON.
+//! one invocation; prints tables, ratios and target verdicts, writes JSON. `floor` adds the
+//! minimal forwarder `relay-floor` as a CPU reference (the kernel's UDP path and little else).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -19,7 +20,8 @@ use pop_loadgen::{host, LoadgenError};
     about = "Benchmark popd relay against rtpengine (same invocation)"
 )]
 struct Cli {
-    /// Relays to run, in order: rtpengine, popd-uring, popd-mmsg.
+    /// Relays to run, in order: rtpengine, popd-uring, popd-mmsg, floor (the minimal forwarder,
+    /// a CPU reference).
     #[arg(
         long,
         value_delimiter = ',',
@@ -32,6 +34,9 @@ struct Cli {
     /// rtpengine binary.
     #[arg(long, default_value = "/usr/bin/rtpengine")]
     rtpengine: PathBuf,
+    /// relay-floor binary (default: next to this relay-bench).
+    #[arg(long)]
+    floor: Option<PathBuf>,
     /// CI smoke mode: short windows, few steps (~1–2 minutes for all three relays).
     #[arg(long)]
     quick: bool,
@@ -99,11 +104,23 @@ fn kind(name: &str) -> Result<RelayKind, LoadgenError> {
         "rtpengine" => Ok(RelayKind::Rtpengine),
         "popd-uring" => Ok(RelayKind::PopdUring),
         "popd-mmsg" => Ok(RelayKind::PopdMmsg),
+        "floor" => Ok(RelayKind::Floor),
         other => Err(LoadgenError::Config {
             field: "relays",
-            reason: format!("unknown relay `{other}` (use rtpengine, popd-uring, popd-mmsg)"),
+            reason: format!(
+                "unknown relay `{other}` (use rtpengine, popd-uring, popd-mmsg, floor)"
+            ),
         }),
     }
+}
+
+/// `relay-floor` from `--floor`, else the one built next to this binary.
+fn floor_binary(cli: &Cli) -> Result<PathBuf, LoadgenError> {
+    if let Some(p) = &cli.floor {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| LoadgenError::sys("locate relay-bench", e))?;
+    Ok(exe.with_file_name("relay-floor"))
 }
 
 fn secs(s: f64) -> Duration {
@@ -173,10 +190,10 @@ fn run(cli: &Cli) -> Result<bool, LoadgenError> {
         let kind = kind(name)?;
         let spec = RelaySpec {
             kind,
-            binary: if kind == RelayKind::Rtpengine {
-                cli.rtpengine.clone()
-            } else {
-                cli.popd.clone()
+            binary: match kind {
+                RelayKind::Rtpengine => cli.rtpengine.clone(),
+                RelayKind::Floor => floor_binary(cli)?,
+                RelayKind::PopdUring | RelayKind::PopdMmsg => cli.popd.clone(),
             },
             port_min: cli.port_min,
             port_max: cli.port_max,
@@ -184,10 +201,9 @@ fn run(cli: &Cli) -> Result<bool, LoadgenError> {
             loadgen_cpu: cli.loadgen_cpu,
             threads: cli.relay_threads,
             log_dir: cli.log_dir.clone(),
-            extra_args: if kind == RelayKind::Rtpengine {
-                Vec::new()
-            } else {
-                cli.popd_arg.clone()
+            extra_args: match kind {
+                RelayKind::Rtpengine | RelayKind::Floor => Vec::new(),
+                RelayKind::PopdUring | RelayKind::PopdMmsg => cli.popd_arg.clone(),
             },
         };
         let r = bench_relay(&spec, &settings, plan, memory_shape, &mut |relay, f| {

@@ -75,7 +75,7 @@ fn run(cli: &Cli) -> Result<(), LoadgenError> {
     };
     println!("== starting popd relay ({}), pinned to CPU 0", cli.backend);
     let mut relay = spec.start("demo")?;
-    println!("   relay pid {}, NG on {}", relay.pid(), relay.ng());
+    println!("   relay pid {}, NG on {}", relay.pid(), relay.ng()?);
 
     let sockets = EndpointSockets::bind(16, 50_000)?;
     let endpoints: Vec<_> = (0..cli.calls)
@@ -87,7 +87,7 @@ fn run(cli: &Cli) -> Result<(), LoadgenError> {
         })
         .collect();
     let specs = session_specs("demo-call", 0, &endpoints);
-    let mut ng = NgClient::connect(relay.ng())?;
+    let mut ng = NgClient::connect(relay.ng()?)?;
     println!("\n== {} calls: offer + answer over NG", cli.calls);
     let setup = ng.setup_sessions(&specs, 16, SdpOptions::default())?;
     println!(
