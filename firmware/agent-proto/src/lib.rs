@@ -167,6 +167,30 @@ pub enum Uplink {
         /// The control plane's heartbeat seq.
         seq: u64,
     },
+    /// First and only request of an enrollment connection (TLS without a client certificate,
+    /// the control plane's CA pinned): a one-time bootstrap token and a certificate request
+    /// whose key was generated in the keystore. Answered by [`Downlink::Certificate`] or
+    /// [`Downlink::Refused`].
+    Enroll(EnrollRequest),
+    /// Certificate renewal or rotation on an authenticated connection: a new CSR for the same
+    /// device id. Answered by [`Downlink::Certificate`] or [`Downlink::Refused`].
+    Renew {
+        /// PKCS#10 certificate request, DER.
+        csr_der: Vec<u8>,
+    },
+}
+
+/// An enrollment request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// [`PROTOCOL_VERSION`] of the agent.
+    pub protocol_version: u16,
+    /// The one-time bootstrap token a technician was given.
+    pub token: String,
+    /// The device id the certificate is for (its common name); must match the token's.
+    pub device_id: String,
+    /// PKCS#10 certificate request, DER, signed by the keystore-held key.
+    pub csr_der: Vec<u8>,
 }
 
 /// Control plane → agent.
@@ -216,6 +240,19 @@ pub enum Downlink {
         id: u64,
         /// What to do.
         command: Command,
+    },
+    /// The device certificate issued for an [`Uplink::Enroll`] or [`Uplink::Renew`].
+    Certificate {
+        /// Leaf first, DER.
+        chain_der: Vec<Vec<u8>>,
+        /// Expiry of the leaf, seconds since the Unix epoch.
+        not_after_unix_s: u64,
+    },
+    /// The control-plane CA's current certificate revocation list (DER), sent after
+    /// `Welcome` and whenever it changes; the agent keeps it to check the server next time.
+    Crl {
+        /// X.509 CRL, DER.
+        der: Vec<u8>,
     },
 }
 
