@@ -112,6 +112,12 @@ impl CoreConfig {
                 "must be at least 1 or unset".into(),
             ));
         }
+        if self.max_sessions == 0 {
+            return Err(invalid(
+                "max_sessions",
+                "must be at least 1 (0 would refuse every call)".into(),
+            ));
+        }
         if self.no_media_timeout.is_zero() {
             return Err(invalid(
                 "no_media_timeout",

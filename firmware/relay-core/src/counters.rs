@@ -72,6 +72,8 @@ pub struct CoreCounters {
     pub reply_cache_entries: u64,
     /// Bytes held by the reply cache.
     pub reply_cache_bytes: u64,
+    /// Call records dropped because the service did not take them in time.
+    pub call_records_dropped: u64,
 }
 
 impl CoreCounters {

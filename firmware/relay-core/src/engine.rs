@@ -8,6 +8,7 @@ use pop_wire::bencode::{self, Value};
 
 use crate::config::CoreConfig;
 use crate::counters::{CloseReason, CoreCounters};
+use crate::ended::{EndedCall, EndedCalls, LiveLimits};
 use crate::error::CoreError;
 use crate::media::{BindError, MediaOps, StreamId, StreamStats};
 use crate::origin::origin_version;
@@ -43,6 +44,7 @@ pub struct RelayCore {
     next_call_key: CallKey,
     next_stream_id: u64,
     offer_window: Option<(Instant, u32)>,
+    ended: EndedCalls,
 }
 
 /// Summary only: the call table and reply cache hold call-ids, tags and SDP, which can carry
@@ -85,6 +87,7 @@ impl RelayCore {
             next_call_key: 1,
             next_stream_id: 1,
             offer_window: None,
+            ended: EndedCalls::default(),
         };
         core.refresh_gauges();
         Ok(core)
@@ -198,6 +201,38 @@ impl RelayCore {
         &self.cfg
     }
 
+    /// Changes the admission limit and the call timers while calls run (a configuration push).
+    /// Validated like the whole configuration; on error nothing changes. Running calls keep
+    /// their current deadline and get the new timers from their next timer check on, so a
+    /// shorter timeout can never close a call in the middle of this request.
+    pub fn set_limits(&mut self, limits: &LiveLimits) -> Result<(), CoreError> {
+        let mut candidate = self.cfg.clone();
+        candidate.max_sessions = limits.max_sessions;
+        candidate.no_media_timeout = limits.no_media_timeout;
+        candidate.max_duration = limits.max_duration;
+        candidate.unanswered_offer_timeout = limits.unanswered_offer_timeout;
+        candidate.validate()?;
+        self.cfg = candidate;
+        Ok(())
+    }
+
+    /// The live-tunable part of the configuration as it is now.
+    pub fn limits(&self) -> LiveLimits {
+        LiveLimits {
+            max_sessions: self.cfg.max_sessions,
+            no_media_timeout: self.cfg.no_media_timeout,
+            max_duration: self.cfg.max_duration,
+            unanswered_offer_timeout: self.cfg.unanswered_offer_timeout,
+        }
+    }
+
+    /// Takes the records of calls that ended since the last call (oldest first). The service
+    /// drains them at least once a second; if it does not, the oldest are dropped and counted
+    /// in [`CoreCounters::call_records_dropped`] rather than growing without bound.
+    pub fn take_ended_calls(&mut self) -> Vec<EndedCall> {
+        self.ended.take()
+    }
+
     fn dispatch(
         &mut self,
         now: Instant,
@@ -287,6 +322,7 @@ impl RelayCore {
         let sender = call.offerer(p.from_tag, p.to_tag);
         // A new offer revives a call waiting out its delete delay (rtpengine does the same).
         call.delete_at = None;
+        remember_metadata(&mut call, p.metadata);
         let ex = Exchange {
             p,
             sender,
@@ -318,6 +354,7 @@ impl RelayCore {
             ));
         }
         let sender = call.answerer(p.from_tag, p.to_tag);
+        remember_metadata(&mut call, p.metadata);
         let ex = Exchange {
             p,
             sender,
@@ -326,6 +363,7 @@ impl RelayCore {
         let result = self.exchange(now, media, &mut call, &ex, &infos);
         if result.is_ok() && call.unanswered_since.take().is_some() {
             call.next_media_check = Some(now + self.cfg.no_media_timeout);
+            call.answered_at = Some(now);
         }
         self.finish_exchange(now, media, key, call, false, result)
     }
@@ -619,22 +657,46 @@ impl RelayCore {
             self.timers.remove(&(t, key));
         }
         self.by_call_id.remove(&call.call_id);
-        self.release_call_media(now, media, &call);
+        let (packets, bytes) = self.release_call_media(now, media, &call);
         self.counters.count_close(reason);
         tracing::debug!(?reason, streams = call.streams.len(), "call closed");
+        self.ended.push(EndedCall {
+            call_id: call.call_id,
+            from_tag: call.tags[Side::A.index()].take(),
+            to_tag: call.tags[Side::B.index()].take(),
+            metadata: call.metadata,
+            created: call.created,
+            answered: call.answered_at,
+            ended: now,
+            packets,
+            bytes,
+            reason,
+        });
     }
 
-    /// Removes the call's streams from the data plane and its ports into quarantine.
-    fn release_call_media(&mut self, now: Instant, media: &mut dyn MediaOps, call: &Call) {
+    /// Removes the call's streams from the data plane and its ports into quarantine; returns
+    /// the packets and bytes the call's streams forwarded, for its call record.
+    fn release_call_media(
+        &mut self,
+        now: Instant,
+        media: &mut dyn MediaOps,
+        call: &Call,
+    ) -> (u64, u64) {
+        let (mut packets, mut bytes) = (0u64, 0u64);
         for stream in call.streams.iter().filter(|s| s.pushed.is_some()) {
-            if media.remove_stream(stream.id).is_err() {
-                self.counters.media_teardown_errors += 1;
+            match media.remove_stream(stream.id) {
+                Ok(stats) => {
+                    packets += stats.from_a.packets + stats.from_b.packets;
+                    bytes += stats.from_a.bytes + stats.from_b.bytes;
+                }
+                Err(_) => self.counters.media_teardown_errors += 1,
             }
         }
         for ports in call.bound_ports() {
             media.release_ports(ports.id);
             self.ports.release(now, ports.rtp_port);
         }
+        (packets, bytes)
     }
 
     fn error_reply(&mut self, e: &CoreError) -> Value {
@@ -662,6 +724,7 @@ impl RelayCore {
         self.counters.ports_free = self.ports.free() as u64;
         self.counters.reply_cache_entries = self.cache.len() as u64;
         self.counters.reply_cache_bytes = self.cache.bytes() as u64;
+        self.counters.call_records_dropped = self.ended.dropped;
     }
 }
 
@@ -779,3 +842,13 @@ fn versioned_rewrite(
     *sent = Some(SentSdp { digest, version });
     Ok(out)
 }
+
+/// Keeps the latest `metadata` of a call, cut to a bound: it is only read for call records.
+fn remember_metadata(call: &mut Call, metadata: Option<&[u8]>) {
+    if let Some(m) = metadata {
+        call.metadata = Some(m.get(..MAX_METADATA).unwrap_or(m).to_vec());
+    }
+}
+
+/// Longest `metadata` kept per call.
+const MAX_METADATA: usize = 1024;

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod ended;
 pub mod error;
 pub mod media;
 pub mod ports;
@@ -26,6 +27,7 @@ mod session;
 
 pub use crate::config::CoreConfig;
 pub use crate::counters::{CloseReason, CoreCounters};
+pub use crate::ended::{EndedCall, LiveLimits};
 pub use crate::engine::RelayCore;
 pub use crate::error::CoreError;
 pub use crate::ports::PortAllocator;

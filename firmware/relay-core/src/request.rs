@@ -73,6 +73,8 @@ pub(crate) struct OfferAnswer<'a> {
     pub media_address: Option<IpAddr>,
     pub record_call: bool,
     pub supports_load_limit: bool,
+    /// rtpengine's free-form `metadata` string; we read the call's parties from it for CDRs.
+    pub metadata: Option<&'a [u8]>,
 }
 
 /// Parameters of `delete` (no `Debug`, see [`OfferAnswer`]).
@@ -184,6 +186,7 @@ const OFFER_ANSWER_KEYS: &[&str] = &[
     "media address",
     "record call",
     "supports",
+    "metadata",
     // Accepted and deliberately without effect: single media interface, IPv4/IPv6 follows the
     // configured media address, Via branch only refines forked calls.
     "direction",
@@ -202,6 +205,7 @@ pub(crate) fn offer_answer<'a>(
         from_tag: required_bytes(req, "from-tag")?,
         to_tag: optional_bytes(req, "to-tag"),
         sdp: required_bytes(req, "sdp")?,
+        metadata: optional_bytes(req, "metadata"),
         ..OfferAnswer::default()
     };
     if let Some(dict) = req.as_dict() {

@@ -130,6 +130,10 @@ pub(crate) struct Call {
     pub sent_sdp: [Option<SentSdp>; 2],
     /// The entry this call holds in the timer set.
     pub deadline: Option<Instant>,
+    /// The latest `metadata` an offer or answer carried (bounded), for the call record.
+    pub metadata: Option<Vec<u8>>,
+    /// When the first answer arrived.
+    pub answered_at: Option<Instant>,
 }
 
 /// Call-ids and tags are left out: some user agents build them from phone numbers.
@@ -166,6 +170,8 @@ impl Call {
             delete_at: None,
             sent_sdp: [None, None],
             deadline: None,
+            metadata: None,
+            answered_at: None,
         }
     }
 
