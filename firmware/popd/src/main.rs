@@ -80,6 +80,9 @@ struct RelayArgs {
     /// Seconds without media before a call is closed.
     #[arg(long, value_name = "SECS")]
     no_media_timeout: Option<u64>,
+    /// Local control socket for `popd agent` (status, call records, configuration pushes).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
@@ -126,6 +129,9 @@ impl RelayArgs {
         }
         if let Some(v) = self.no_media_timeout {
             cfg.timeouts.no_media_secs = v;
+        }
+        if self.control_socket.is_some() {
+            cfg.control.socket = self.control_socket;
         }
         cfg.validate()?;
         Ok((cfg, self.check_config))

@@ -166,6 +166,15 @@ pub struct SupervisionConfig {
     pub watchdog_socket: Option<std::path::PathBuf>,
 }
 
+/// `[control]`: the local control socket (`popd agent` reads status and call records there and
+/// applies configuration pushes).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket path (e.g. `/run/popd/relay.sock`). Unset: no control socket.
+    pub socket: Option<std::path::PathBuf>,
+}
+
 /// The whole relay configuration.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -182,6 +191,8 @@ pub struct RelayConfig {
     pub timeouts: TimeoutsConfig,
     /// Heartbeats to the hardware-watchdog service.
     pub supervision: SupervisionConfig,
+    /// Local control socket.
+    pub control: ControlConfig,
 }
 
 impl RelayConfig {

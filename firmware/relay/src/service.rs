@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, RelayConfig};
+use crate::control::{self, CallJournal, ControlRequest, LimitsJson, PendingRequest, WallClock};
 use crate::media_ops::DataplaneMedia;
 
 /// Why the relay could not start or stopped with an error.
@@ -44,6 +45,14 @@ pub enum ServiceError {
     /// systemd notification or watchdog heartbeat set-up failed.
     #[error("supervision: {0}")]
     Supervision(#[from] pop_watchdog::WatchdogError),
+    /// The control socket could not be opened.
+    #[error("cannot open the control socket {}: {source}", path.display())]
+    ControlSocket {
+        /// Configured path.
+        path: std::path::PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// The async runtime could not be built.
     #[error("cannot start the control runtime: {0}")]
     Runtime(std::io::Error),
@@ -168,6 +177,17 @@ async fn control_loop(
     } else {
         drop(tcp_tx);
     }
+    let (control_tx, mut control_rx) = mpsc::channel::<PendingRequest>(64);
+    if let Some(path) = &cfg.control.socket {
+        control::start(path, control_tx).map_err(|source| ServiceError::ControlSocket {
+            path: path.clone(),
+            source,
+        })?;
+    } else {
+        drop(control_tx);
+    }
+    let epoch: u64 = rand::random::<u64>() >> 11; // exact in a JSON number (f64)
+    let mut journal = CallJournal::new(WallClock::now());
     let mut supervision = Supervision::new(cfg)?;
     let mut vouch_tick = tokio::time::interval(supervision.interval);
     vouch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,12 +234,76 @@ async fn control_loop(
                 next_sweep = next.map_or(latest, |n| n.clamp(now + Duration::from_millis(10), latest));
             }
             _ = vouch_tick.tick() => supervision.vouch(&media, core.session_count()),
+            Some(pending) = control_rx.recv() => {
+                journal.extend(core.take_ended_calls());
+                let reply = answer_control(pending.request, epoch, &mut core, &media, &journal);
+                // The client may have gone; nothing to do then.
+                let _ = pending.reply.send(reply);
+            }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
         }
+        journal.extend(core.take_ended_calls());
     }
     supervision.notify(&[NotifyState::Stopping]);
     Ok(media)
+}
+
+/// Answers a control-socket request from the control loop (which owns the core).
+fn answer_control(
+    request: ControlRequest,
+    epoch: u64,
+    core: &mut RelayCore,
+    media: &DataplaneMedia,
+    journal: &CallJournal,
+) -> serde_json::Value {
+    use serde_json::json;
+    match request {
+        ControlRequest::Status => {
+            let c = core.counters();
+            let t = media.totals();
+            json!({
+                "ok": true,
+                "epoch": epoch,
+                "sessions": core.session_count(),
+                "workers_alive": media.workers_alive(),
+                "limits": LimitsJson::from_live(&core.limits()),
+                "counters": {
+                    "sessions_created": c.sessions_created,
+                    "sessions_deleted": c.sessions_deleted,
+                    "sessions_timed_out_no_media": c.sessions_timed_out_no_media,
+                    "sessions_rejected_load_limit": c.sessions_rejected_load_limit,
+                    "errors": c.errors_total(),
+                    "ports_in_use": c.ports_in_use,
+                    "ports_free": c.ports_free,
+                    "records_dropped": c.call_records_dropped + journal.dropped,
+                },
+                "totals": {
+                    "forwarded_packets": t.forwarded_packets,
+                    "forwarded_bytes": t.forwarded_bytes,
+                    "dropped_malformed": t.dropped_malformed,
+                    "dropped_spoofed": t.dropped_spoofed,
+                    "dropped_no_destination": t.dropped_no_destination,
+                },
+                "last_record_seq": journal.last_seq(),
+            })
+        }
+        ControlRequest::Apply { limits } => match core.set_limits(&limits.to_live()) {
+            Ok(()) => {
+                info!(?limits, "relay limits applied from the control socket");
+                json!({"ok": true})
+            }
+            Err(CoreError::InvalidConfig { field, reason }) => {
+                json!({"ok": false, "field": field, "reason": reason})
+            }
+            Err(e) => json!({"ok": false, "reason": e.to_string()}),
+        },
+        ControlRequest::Records { after } => json!({
+            "ok": true,
+            "epoch": epoch,
+            "records": journal.after(after),
+        }),
+    }
 }
 
 async fn accept_tcp(listener: TcpListener, requests: mpsc::Sender<TcpRequest>) {
