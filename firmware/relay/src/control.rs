@@ -10,7 +10,9 @@
 //!   "unanswered_offer_secs":N}}` → `{"ok":true}` or `{"ok":false,"field":F,"reason":R}`
 //!   (`max_duration_secs` 0 means no limit, as in `relay.toml`)
 //! - `{"op":"records","after":S}` → `{"ok":true,"epoch":E,"records":[{..}]}`: call records with
-//!   a sequence number above `S`, oldest first (at most [`MAX_RECORDS_PER_REPLY`]).
+//!   a sequence number above `S`, oldest first (at most [`MAX_RECORDS_PER_REPLY`]). Asking for
+//!   records after `S` also acknowledges every record up to `S`: those are deleted, so the relay
+//!   holds personal data (call-ids, metadata) only until the agent has spooled it.
 //!
 //! `epoch` changes when the relay restarts (sequence numbers start again at 1), so a reader
 //! that sees a new epoch starts from 0. Records are kept for [`JOURNAL_CAPACITY`] calls: the
@@ -214,6 +216,15 @@ impl CallJournal {
         self.next_seq - 1
     }
 
+    /// Forgets records up to `upto` (the reader has them), then returns records after it,
+    /// oldest first, at most [`MAX_RECORDS_PER_REPLY`].
+    pub fn acknowledge_and_read(&mut self, upto: u64) -> Vec<CallRecordJson> {
+        while self.records.front().is_some_and(|r| r.seq <= upto) {
+            self.records.pop_front();
+        }
+        self.after(upto)
+    }
+
     /// Records after `after`, oldest first, at most [`MAX_RECORDS_PER_REPLY`].
     pub fn after(&self, after: u64) -> Vec<CallRecordJson> {
         self.records
@@ -383,5 +394,8 @@ mod tests {
         assert_eq!(first[0].seq, 4, "the three oldest were dropped");
         assert_eq!(first[0].ended_unix_ms - first[0].started_unix_ms, 5000);
         assert!(j.after(j.last_seq()).is_empty());
+        let rest = j.acknowledge_and_read(10);
+        assert_eq!(rest[0].seq, 11);
+        assert!(j.after(0).iter().all(|r| r.seq > 10), "acknowledged records are gone");
     }
 }

@@ -236,7 +236,7 @@ async fn control_loop(
             _ = vouch_tick.tick() => supervision.vouch(&media, core.session_count()),
             Some(pending) = control_rx.recv() => {
                 journal.extend(core.take_ended_calls());
-                let reply = answer_control(pending.request, epoch, &mut core, &media, &journal);
+                let reply = answer_control(pending.request, epoch, &mut core, &media, &mut journal);
                 // The client may have gone; nothing to do then.
                 let _ = pending.reply.send(reply);
             }
@@ -255,7 +255,7 @@ fn answer_control(
     epoch: u64,
     core: &mut RelayCore,
     media: &DataplaneMedia,
-    journal: &CallJournal,
+    journal: &mut CallJournal,
 ) -> serde_json::Value {
     use serde_json::json;
     match request {
@@ -301,7 +301,7 @@ fn answer_control(
         ControlRequest::Records { after } => json!({
             "ok": true,
             "epoch": epoch,
-            "records": journal.after(after),
+            "records": journal.acknowledge_and_read(after),
         }),
     }
 }
