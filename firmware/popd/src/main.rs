@@ -25,6 +25,8 @@ enum Service {
     Linkmon(ConfigArgs),
     /// Hardware watchdog, petted only while every critical service makes progress.
     Watchdog(ConfigArgs),
+    /// Control-plane agent: mTLS session, configuration pushes, spooled reporting, commands.
+    Agent(ConfigArgs),
 }
 
 /// Services configured by one file only.
@@ -138,13 +140,25 @@ impl RelayArgs {
     }
 }
 
+/// Logs to stderr, and also to journald with structured fields when the journal's socket is
+/// there (audit records carry `AUDIT_ACTOR`, `AUDIT_ACTION`, `AUDIT_DETAIL`, `AUDIT_OUTCOME`).
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("POPD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let journald = std::path::Path::new("/run/systemd/journal/socket")
+        .exists()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok)
+        .map(|l| l.with_syslog_identifier("popd".into()));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(journald)
         .init();
 }
 
@@ -184,6 +198,12 @@ fn main() -> ExitCode {
             args,
             pop_linkmon::LinkmonConfig::from_file,
             pop_linkmon::run,
+        ),
+        Service::Agent(args) => config_service(
+            "agent",
+            args,
+            pop_agent::AgentSettings::from_file,
+            pop_agent::run,
         ),
         Service::Watchdog(args) => config_service(
             "watchdog",
