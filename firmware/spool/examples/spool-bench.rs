@@ -16,10 +16,10 @@ use pop_spool::{NewRecord, RecordClass, Spool, SpoolConfig};
 const RECORD: usize = 1024;
 const BATCH: usize = 64;
 
-fn report(what: &str, n: usize, secs: f64) {
+fn report(what: &str, unit: &str, n: usize, secs: f64) {
     let per_s = n as f64 / secs;
     println!(
-        "{what:<32} {n:>7} records in {secs:>7.3} s: {per_s:>10.0} appends/s, {:>8.2} MB/s",
+        "{what:<32} {n:>7} records in {secs:>7.3} s: {per_s:>10.0} {unit}/s, {:>8.2} MB/s",
         per_s * RECORD as f64 / 1e6
     );
 }
@@ -68,7 +68,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 done += spool.append_batch(&recs[..k])?.len();
             }
         }
-        report(name, done, start.elapsed().as_secs_f64());
+        report(name, "appends", done, start.elapsed().as_secs_f64());
         let start = Instant::now();
         let mut after = 0;
         let mut read = 0;
@@ -80,6 +80,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         report(
             "  read back (pending_after 256)",
+            "reads",
             read,
             start.elapsed().as_secs_f64(),
         );
