@@ -12,10 +12,24 @@ use anyhow::{bail, Result};
 /// themselves (a nested cargo would fight the outer one for the build lock): the test command
 /// builds it first, e.g. `cargo build -p popd && cargo test -p pop-system-tests`.
 pub fn popd() -> Result<PathBuf> {
-    if let Some(path) = env::var_os("POPD_BIN") {
+    workspace_binary("popd", "POPD_BIN")
+}
+
+/// Finds the built reference control plane `pop-cp` (as [`popd`] does; `$POP_CP_BIN` first).
+pub fn pop_cp() -> Result<PathBuf> {
+    workspace_binary("pop-cp", "POP_CP_BIN")
+}
+
+/// Finds the built `popctl` (as [`popd`] does; `$POPCTL_BIN` first).
+pub fn popctl() -> Result<PathBuf> {
+    workspace_binary("popctl", "POPCTL_BIN")
+}
+
+fn workspace_binary(name: &str, env_var: &str) -> Result<PathBuf> {
+    if let Some(path) = env::var_os(env_var) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!("POPD_BIN={} does not exist", path.display());
+            bail!("{env_var}={} does not exist", path.display());
         }
         return Ok(path);
     }
@@ -24,7 +38,7 @@ pub fn popd() -> Result<PathBuf> {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let newest = ["release", "debug"]
         .iter()
-        .map(|profile| target.join(profile).join("popd"))
+        .map(|profile| target.join(profile).join(name))
         .filter_map(|p| {
             let modified = p.metadata().and_then(|m| m.modified()).ok()?;
             Some((modified, p))
@@ -33,8 +47,8 @@ pub fn popd() -> Result<PathBuf> {
     match newest {
         Some((_, path)) => Ok(path),
         None => bail!(
-            "popd is not built (looked in {}/{{release,debug}}/popd): run `cargo build -p popd` \
-             before these tests, or set POPD_BIN",
+            "{name} is not built (looked in {}/{{release,debug}}/{name}): run `cargo build \
+             --workspace --bins` before these tests, or set {env_var}",
             target.display()
         ),
     }

@@ -126,6 +126,18 @@ impl ChildGuard {
         Ok(())
     }
 
+    /// SIGKILL to the group at once (a crash or power cut, as far as the child can tell);
+    /// waits for it to be reaped.
+    pub fn kill(mut self) -> Result<ExitStatus> {
+        signal_group(self.child.id(), Signal::SIGKILL);
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("reaping {}", self.name))?;
+        self.exited = Some(status);
+        Ok(status)
+    }
+
     /// SIGTERM to the group, SIGKILL after the grace period; returns how the child ended.
     pub fn stop(mut self) -> Result<ExitStatus> {
         self.terminate()

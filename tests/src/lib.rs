@@ -9,6 +9,7 @@
 //! than a typed enum callers would match on.
 #![forbid(unsafe_code)]
 
+pub mod agent_bed;
 pub mod binaries;
 pub mod child;
 pub mod ng_client;

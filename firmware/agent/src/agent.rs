@@ -60,10 +60,21 @@ pub struct Shared {
     pub pseudonyms: Arc<Pseudonymiser>,
     /// Results to send.
     pub results: mpsc::UnboundedSender<Outgoing>,
-    /// A push is being applied (one at a time).
-    pub applying: Arc<std::sync::atomic::AtomicBool>,
+    /// The running configuration version, readable without waiting for an apply in progress
+    /// (which holds the store for its whole health window).
+    pub running_version: Arc<std::sync::atomic::AtomicU64>,
+    /// The version of the push being applied (one at a time).
+    pub applying: Arc<Mutex<Option<u64>>>,
     /// Start time (uptime in telemetry).
     pub started: Instant,
+}
+
+impl Shared {
+    /// The running configuration version.
+    pub fn running_version(&self) -> u64 {
+        self.running_version
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -82,7 +93,10 @@ pub fn open_keystore(settings: &AgentSettings) -> Result<Arc<dyn KeyStore>, Agen
 
 /// The pseudonym key: 32 random bytes sealed by the keystore in the state directory, created
 /// on first use.
-pub fn pseudonym_key(settings: &AgentSettings, keystore: &Arc<dyn KeyStore>) -> Result<Pseudonymiser, AgentError> {
+pub fn pseudonym_key(
+    settings: &AgentSettings,
+    keystore: &Arc<dyn KeyStore>,
+) -> Result<Pseudonymiser, AgentError> {
     let path = settings.state_dir.join("pseudonym.key");
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -112,7 +126,8 @@ pub fn run(settings: AgentSettings) -> Result<(), AgentError> {
 }
 
 async fn run_async(settings: AgentSettings) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&settings.state_dir).map_err(|e| AgentError::io(&settings.state_dir, e))?;
+    std::fs::create_dir_all(&settings.state_dir)
+        .map_err(|e| AgentError::io(&settings.state_dir, e))?;
     let keystore = open_keystore(&settings)?;
     let spool_cfg = SpoolConfig {
         max_bytes: settings.spool.max_bytes,
@@ -130,13 +145,16 @@ async fn run_async(settings: AgentSettings) -> Result<(), AgentError> {
     let services = SystemServices {
         relay_socket: settings.relay_socket.clone(),
         linkmon_socket: settings.linkmon_socket.clone(),
-        firewall: settings.apply_firewall.then(|| match &settings.firewall_netns {
-            Some(ns) => pop_firewall::Nft::in_netns(ns.clone()),
-            None => pop_firewall::Nft::host(),
-        }),
+        firewall: settings
+            .apply_firewall
+            .then(|| match &settings.firewall_netns {
+                Some(ns) => pop_firewall::Nft::in_netns(ns.clone()),
+                None => pop_firewall::Nft::host(),
+            }),
         control_plane: settings.control_plane,
     };
     let pseudonyms = Arc::new(pseudonym_key(&settings, &keystore)?);
+    let running_version = Arc::new(std::sync::atomic::AtomicU64::new(store.running_version()));
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
     let shared = Shared {
         settings: Arc::new(settings),
@@ -146,7 +164,8 @@ async fn run_async(settings: AgentSettings) -> Result<(), AgentError> {
         services: Arc::new(Mutex::new(services)),
         pseudonyms,
         results: results_tx,
-        applying: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        running_version,
+        applying: Arc::new(Mutex::new(None)),
         started: Instant::now(),
     };
     startup_records(&shared, interrupted);
@@ -170,7 +189,9 @@ async fn run_async(settings: AgentSettings) -> Result<(), AgentError> {
         let delay = backoff.next_delay(rand::random::<f64>());
         match outcome {
             Ok(()) => tracing::info!(?delay, "control plane session ended; reconnecting"),
-            Err(e) => tracing::warn!(error = %e, ?delay, failures = backoff.failures(), "control plane session failed; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, ?delay, failures = backoff.failures(), "control plane session failed; reconnecting")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -203,7 +224,10 @@ fn startup_records(shared: &Shared, interrupted: Option<pop_config::InterruptedT
         let _ = std::fs::remove_file(&pending);
     }
     let store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut services = shared.services.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut services = shared
+        .services
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     if let Some(t) = interrupted {
         shared.outbox.event(EventKind::ConfigRolledBack {
             version: t.version,
@@ -223,7 +247,10 @@ fn startup_records(shared: &Shared, interrupted: Option<pop_config::InterruptedT
 }
 
 /// One session: connect, greet, serve until the connection breaks.
-async fn session(shared: &Shared, results: &mut mpsc::UnboundedReceiver<Outgoing>) -> Result<(), AgentError> {
+async fn session(
+    shared: &Shared,
+    results: &mut mpsc::UnboundedReceiver<Outgoing>,
+) -> Result<(), AgentError> {
     let settings = &shared.settings;
     let chain = identity::load_chain(settings)?
         .ok_or_else(|| AgentError::NotEnrolled(settings.cert_path().display().to_string()))?;
@@ -237,10 +264,15 @@ async fn session(shared: &Shared, results: &mut mpsc::UnboundedReceiver<Outgoing
     let crl = std::fs::read(settings.crl_path()).ok();
     let client = identity::client_cert(shared.keystore.clone(), &label, chain)?;
     let config = identity::client_config(&ca, crl, Some(client))?;
-    let tls = connect_tls(settings.control_plane, identity::server_name(&settings.server_name)?, config).await?;
+    let tls = connect_tls(
+        settings.control_plane,
+        identity::server_name(&settings.server_name)?,
+        config,
+    )
+    .await?;
     let mut conn = Connection::new(tls);
     let (config_version, last_id) = {
-        let v = shared.store.lock().unwrap_or_else(PoisonError::into_inner).running_version();
+        let v = shared.running_version();
         (v, shared.outbox.with(|s| s.stats().last_id))
     };
     let acked = conn
@@ -249,7 +281,12 @@ async fn session(shared: &Shared, results: &mut mpsc::UnboundedReceiver<Outgoing
             device_id: settings.device_id.clone(),
             firmware_version: FIRMWARE_VERSION.into(),
             board: settings.board.clone(),
-            capabilities: vec!["relay".into(), "config".into(), "firewall".into(), "spool".into()],
+            capabilities: vec![
+                "relay".into(),
+                "config".into(),
+                "firewall".into(),
+                "spool".into(),
+            ],
             config_version,
             last_record_id: last_id,
         })
@@ -324,7 +361,11 @@ struct Renewal {
     command_id: Option<u64>,
 }
 
-async fn start_renewal<S>(shared: &Shared, conn: &mut Connection<S>, command_id: Option<u64>) -> Result<Renewal, AgentError>
+async fn start_renewal<S>(
+    shared: &Shared,
+    conn: &mut Connection<S>,
+    command_id: Option<u64>,
+) -> Result<Renewal, AgentError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -336,11 +377,22 @@ where
     Ok(Renewal { label, command_id })
 }
 
-fn finish_renewal(shared: &Shared, r: &Renewal, chain: &[Vec<u8>], not_after: u64) -> Result<(), AgentError> {
+fn finish_renewal(
+    shared: &Shared,
+    r: &Renewal,
+    chain: &[Vec<u8>],
+    not_after: u64,
+) -> Result<(), AgentError> {
     identity::store_identity(&shared.settings, chain, &r.label)?;
-    shared.outbox.event(EventKind::CertificateRenewed { not_after_unix_s: not_after });
+    shared.outbox.event(EventKind::CertificateRenewed {
+        not_after_unix_s: not_after,
+    });
     shared.outbox.audit(
-        if r.command_id.is_some() { "control-plane" } else { "agent" },
+        if r.command_id.is_some() {
+            "control-plane"
+        } else {
+            "agent"
+        },
         "certificate-renewed",
         &format!("key {} valid until {not_after}", r.label),
         "ok",
@@ -349,9 +401,25 @@ fn finish_renewal(shared: &Shared, r: &Renewal, chain: &[Vec<u8>], not_after: u6
 }
 
 fn start_apply(shared: &Shared, version: u64, document: String) {
-    use std::sync::atomic::Ordering;
-    if shared.applying.swap(true, Ordering::SeqCst) {
-        let running = shared.store.lock().unwrap_or_else(PoisonError::into_inner).running_version();
+    {
+        let mut applying = shared
+            .applying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *applying {
+            // The same push delivered again while it is being applied: its result will come.
+            Some(v) if v == version => return,
+            Some(_) => {}
+            None => {
+                *applying = Some(version);
+                drop(applying);
+                spawn_apply(shared, version, document);
+                return;
+            }
+        }
+    }
+    {
+        let running = shared.running_version();
         let _ = shared.results.send(Outgoing::Config(ConfigResult {
             version,
             outcome: ConfigOutcome::Refused {
@@ -360,25 +428,42 @@ fn start_apply(shared: &Shared, version: u64, document: String) {
             },
             running_version: running,
         }));
-        return;
     }
+}
+
+fn spawn_apply(shared: &Shared, version: u64, document: String) {
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         let window = AgentSettings::ms(shared.settings.timers.health_window_ms);
         let report = {
             let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut services = shared.services.lock().unwrap_or_else(PoisonError::into_inner);
-            apply_push(&mut store, &mut *services, version, &document, window)
+            let mut services = shared
+                .services
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let report = apply_push(&mut store, &mut *services, version, &document, window);
+            shared
+                .running_version
+                .store(store.running_version(), std::sync::atomic::Ordering::SeqCst);
+            report
         };
         let r = &report.result;
         let (event, outcome) = match &r.outcome {
             ConfigOutcome::Applied => (EventKind::ConfigApplied { version }, "applied".to_owned()),
             ConfigOutcome::Refused { field, reason } => (
-                EventKind::ConfigRefused { version, field: field.clone(), reason: reason.clone() },
+                EventKind::ConfigRefused {
+                    version,
+                    field: field.clone(),
+                    reason: reason.clone(),
+                },
                 format!("refused: {field}: {reason}"),
             ),
             ConfigOutcome::RolledBack { reason } => (
-                EventKind::ConfigRolledBack { version, restored: r.running_version, reason: reason.clone() },
+                EventKind::ConfigRolledBack {
+                    version,
+                    restored: r.running_version,
+                    reason: reason.clone(),
+                },
                 format!("rolled back: {reason}"),
             ),
         };
@@ -391,7 +476,10 @@ fn start_apply(shared: &Shared, version: u64, document: String) {
             &outcome,
         );
         let _ = shared.results.send(Outgoing::Config(report.result));
-        shared.applying.store(false, std::sync::atomic::Ordering::SeqCst);
+        *shared
+            .applying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     });
 }
 
@@ -407,23 +495,42 @@ fn start_command(shared: &Shared, id: u64, command: Command) {
                             return false;
                         }
                         match postcard::from_bytes::<RecordBody>(&r.body) {
-                            Ok(RecordBody::Cdr(c)) => c.caller == Some(subject) || c.callee == Some(subject),
+                            Ok(RecordBody::Cdr(c)) => {
+                                c.caller == Some(subject) || c.callee == Some(subject)
+                            }
                             _ => false,
                         }
                     })
                 });
                 let short: String = subject.iter().take(4).map(|b| format!("{b:02x}")).collect();
                 let outcome = match erased {
-                    Ok(n) => CommandOutcome::Erased { cdrs: n as u64, other: 0 },
-                    Err(e) => CommandOutcome::Failed { reason: e.to_string() },
+                    Ok(n) => CommandOutcome::Erased {
+                        cdrs: n as u64,
+                        other: 0,
+                    },
+                    Err(e) => CommandOutcome::Failed {
+                        reason: e.to_string(),
+                    },
                 };
-                ("erase-subject", format!("subject pseudonym {short}…"), outcome)
+                (
+                    "erase-subject",
+                    format!("subject pseudonym {short}…"),
+                    outcome,
+                )
             }
-            Command::Diagnostics => ("diagnostics", String::new(), CommandOutcome::Diagnostics { bundle: diagnostics(&shared) }),
+            Command::Diagnostics => (
+                "diagnostics",
+                String::new(),
+                CommandOutcome::Diagnostics {
+                    bundle: diagnostics(&shared),
+                },
+            ),
             Command::RotateCertificate => (
                 "rotate-certificate",
                 String::new(),
-                CommandOutcome::Failed { reason: "rotation runs on the connection".into() },
+                CommandOutcome::Failed {
+                    reason: "rotation runs on the connection".into(),
+                },
             ),
         };
         let summary = match &outcome {
@@ -432,7 +539,12 @@ fn start_command(shared: &Shared, id: u64, command: Command) {
             CommandOutcome::Rotated { .. } => "rotated".into(),
             CommandOutcome::Failed { reason } => format!("failed: {reason}"),
         };
-        shared.outbox.audit("control-plane", action, &format!("command {id} {detail}"), &summary);
+        shared.outbox.audit(
+            "control-plane",
+            action,
+            &format!("command {id} {detail}"),
+            &summary,
+        );
         let _ = shared.results.send(Outgoing::Command { id, outcome });
     });
 }
@@ -441,13 +553,24 @@ fn start_command(shared: &Shared, id: u64, command: Command) {
 /// redacted (see [`redact`]).
 fn diagnostics(shared: &Shared) -> String {
     let mut out = String::new();
-    out.push_str(&format!("popd agent {FIRMWARE_VERSION}\ndevice {}\n", shared.settings.device_id));
-    out.push_str(&format!("uptime_s {}\n", shared.started.elapsed().as_secs()));
+    out.push_str(&format!(
+        "popd agent {FIRMWARE_VERSION}\ndevice {}\n",
+        shared.settings.device_id
+    ));
+    out.push_str(&format!(
+        "uptime_s {}\n",
+        shared.started.elapsed().as_secs()
+    ));
     let stats = shared.outbox.with(|s| s.stats());
     out.push_str(&format!("spool {stats:?}\n"));
-    if let Some(running) = shared.store.lock().unwrap_or_else(PoisonError::into_inner).running() {
-        out.push_str("--- running configuration\n");
-        out.push_str(&running.to_toml());
+    match shared.store.try_lock() {
+        Ok(store) => {
+            if let Some(running) = store.running() {
+                out.push_str("--- running configuration\n");
+                out.push_str(&running.to_toml());
+            }
+        }
+        Err(_) => out.push_str("--- running configuration: a push is being applied\n"),
     }
     if let Some(p) = &shared.settings.relay_socket {
         let status = crate::services::relay_query(p, &serde_json::json!({"op": "status"}))
@@ -455,7 +578,8 @@ fn diagnostics(shared: &Shared) -> String {
         out.push_str(&format!("--- relay status\n{status}\n"));
     }
     if let Some(p) = &shared.settings.linkmon_socket {
-        let status = crate::services::linkmon_status(p).map_or_else(|e| format!("unavailable: {e}"), |v| v.to_string());
+        let status = crate::services::linkmon_status(p)
+            .map_or_else(|e| format!("unavailable: {e}"), |v| v.to_string());
         out.push_str(&format!("--- linkmon status\n{status}\n"));
     }
     redact(&out)

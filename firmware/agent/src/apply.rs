@@ -59,6 +59,18 @@ pub fn apply_push(
             ),
         );
     }
+    // Pushes are delivered at least once (the control plane re-sends until it has a result):
+    // the version already running, with the same content, is acknowledged, not refused.
+    if version == previous_version && store.running() == Some(&cfg) {
+        return ApplyReport {
+            result: ConfigResult {
+                version,
+                outcome: ConfigOutcome::Applied,
+                running_version: version,
+            },
+            previous_version,
+        };
+    }
     let before: BTreeSet<String> = services.problems().into_iter().collect();
     let snapshot = services.snapshot();
     if let Err(e) = store.stage(cfg.clone()) {
@@ -106,7 +118,11 @@ fn rolled_back(version: u64, previous_version: u64, reason: String) -> ApplyRepo
 }
 
 /// Watches health for `window`; returns why it failed, if it did.
-fn watch(services: &mut dyn Services, before: &BTreeSet<String>, window: Duration) -> Option<String> {
+fn watch(
+    services: &mut dyn Services,
+    before: &BTreeSet<String>,
+    window: Duration,
+) -> Option<String> {
     let end = Instant::now() + window;
     let mut failed_in_a_row = 0;
     loop {
@@ -131,13 +147,21 @@ fn watch(services: &mut dyn Services, before: &BTreeSet<String>, window: Duratio
 }
 
 /// Puts back what ran before: the running configuration if there is one, else the snapshot.
-fn roll_back(store: &mut ConfigStore, services: &mut dyn Services, snapshot: &crate::services::Snapshot) {
+fn roll_back(
+    store: &mut ConfigStore,
+    services: &mut dyn Services,
+    snapshot: &crate::services::Snapshot,
+) {
     if let Err(e) = store.discard_candidate() {
         tracing::error!(error = %e, "cannot discard the failed candidate configuration");
     }
     let restored = match store.running() {
-        Some(running) => services.apply(running).map_err(|p| format!("{}: {}", p.field, p.reason)),
-        None => services.restore(snapshot).map_err(|p| format!("{}: {}", p.field, p.reason)),
+        Some(running) => services
+            .apply(running)
+            .map_err(|p| format!("{}: {}", p.field, p.reason)),
+        None => services
+            .restore(snapshot)
+            .map_err(|p| format!("{}: {}", p.field, p.reason)),
     };
     if let Err(e) = restored {
         tracing::error!(error = %e, "restoring the previous configuration failed");
@@ -210,8 +234,14 @@ mod tests {
         let r = apply_push(&mut store, &mut svc, 2, &doc(2, 100), w);
         assert_eq!(r.result.outcome, ConfigOutcome::Applied);
         assert_eq!(store.running_version(), 2);
-        for v in [2, 1] {
-            let r = apply_push(&mut store, &mut svc, v, &doc(v, 100), w);
+        let again = apply_push(&mut store, &mut svc, 2, &doc(2, 100), w);
+        assert_eq!(
+            again.result.outcome,
+            ConfigOutcome::Applied,
+            "a re-delivered push is acknowledged"
+        );
+        for (v, sessions) in [(2, 101), (1, 100)] {
+            let r = apply_push(&mut store, &mut svc, v, &doc(v, sessions), w);
             assert!(
                 matches!(&r.result.outcome, ConfigOutcome::Refused { field, .. } if field == "version"),
                 "{r:?}"
@@ -225,7 +255,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = ConfigStore::open(dir.path()).unwrap();
         let mut svc = Fake::default();
-        let r = apply_push(&mut store, &mut svc, 3, &doc(3, 0), Duration::from_millis(300));
+        let r = apply_push(
+            &mut store,
+            &mut svc,
+            3,
+            &doc(3, 0),
+            Duration::from_millis(300),
+        );
         match r.result.outcome {
             ConfigOutcome::Refused { field, .. } => assert_eq!(field, "relay.max_sessions"),
             other => panic!("{other:?}"),
@@ -248,7 +284,11 @@ mod tests {
         );
         assert_eq!(r.result.running_version, 4);
         assert_eq!(store.running_version(), 4);
-        assert_eq!(svc.applied, vec![4, 5, 4], "the running config was re-applied");
+        assert_eq!(
+            svc.applied,
+            vec![4, 5, 4],
+            "the running config was re-applied"
+        );
         assert!(!svc.broken);
     }
 
@@ -257,7 +297,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = ConfigStore::open(dir.path()).unwrap();
         let mut svc = Fake::default();
-        let r = apply_push(&mut store, &mut svc, 1, &doc(1, 13), Duration::from_millis(600));
+        let r = apply_push(
+            &mut store,
+            &mut svc,
+            1,
+            &doc(1, 13),
+            Duration::from_millis(600),
+        );
         assert!(matches!(r.result.outcome, ConfigOutcome::RolledBack { .. }));
         assert_eq!(svc.restored, 1);
         assert_eq!(store.running_version(), 0);

@@ -88,7 +88,11 @@ mod tests {
             b.next_delay(0.5);
         }
         b.session_ended(Duration::from_secs(5));
-        assert_eq!(b.ceiling(), Duration::from_secs(32), "a flapping link keeps backing off");
+        assert_eq!(
+            b.ceiling(),
+            Duration::from_secs(32),
+            "a flapping link keeps backing off"
+        );
         b.session_ended(Backoff::STABLE_AFTER);
         assert_eq!(b.ceiling(), Duration::from_secs(1));
     }

@@ -107,14 +107,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .map_err(|e| AgentError::Protocol(e.to_string()))?
             {
                 self.liveness.heard(Instant::now());
-                return decode_body::<Downlink>(&body).map_err(|e| AgentError::Protocol(e.to_string()));
+                return decode_body::<Downlink>(&body)
+                    .map_err(|e| AgentError::Protocol(e.to_string()));
             }
-            let n = self.stream.read(&mut self.buf).await.map_err(|e| AgentError::Io {
-                path: "control plane connection".into(),
-                source: e,
-            })?;
+            let n = self
+                .stream
+                .read(&mut self.buf)
+                .await
+                .map_err(|e| AgentError::Io {
+                    path: "control plane connection".into(),
+                    source: e,
+                })?;
             if n == 0 {
-                return Err(AgentError::Protocol("the control plane closed the connection".into()));
+                return Err(AgentError::Protocol(
+                    "the control plane closed the connection".into(),
+                ));
             }
             self.reader.push(self.buf.get(..n).unwrap_or_default());
         }
@@ -211,7 +218,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 })
                 .await
             }
-            Tick::Dead => Err(AgentError::Timeout("control plane silent for 3 heartbeat intervals")),
+            Tick::Dead => Err(AgentError::Timeout(
+                "control plane silent for 3 heartbeat intervals",
+            )),
         }
     }
 

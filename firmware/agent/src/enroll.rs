@@ -54,13 +54,19 @@ pub fn enroll(settings: &AgentSettings, token: &str) -> Result<Enrolled, AgentEr
 }
 
 async fn enroll_async(settings: &AgentSettings, token: &str) -> Result<Enrolled, AgentError> {
-    std::fs::create_dir_all(&settings.state_dir).map_err(|e| AgentError::io(&settings.state_dir, e))?;
+    std::fs::create_dir_all(&settings.state_dir)
+        .map_err(|e| AgentError::io(&settings.state_dir, e))?;
     let keystore = crate::agent::open_keystore(settings)?;
     let label = identity::current_label(settings)?;
     let csr = identity::csr(keystore, &label, &settings.device_id)?;
     let ca = identity::load_ca(&settings.ca_file)?;
     let config = identity::client_config(&ca, None, None)?;
-    let tls = connect_tls(settings.control_plane, identity::server_name(&settings.server_name)?, config).await?;
+    let tls = connect_tls(
+        settings.control_plane,
+        identity::server_name(&settings.server_name)?,
+        config,
+    )
+    .await?;
     let mut conn = Connection::new(tls);
     conn.send(&Uplink::Enroll(EnrollRequest {
         protocol_version: PROTOCOL_VERSION,
@@ -92,7 +98,9 @@ async fn enroll_async(settings: &AgentSettings, token: &str) -> Result<Enrolled,
         }
     };
     // The CRL follows the certificate; keep it for checking the server next time.
-    if let Ok(Ok(Downlink::Crl { der })) = tokio::time::timeout(Duration::from_secs(2), conn.recv()).await {
+    if let Ok(Ok(Downlink::Crl { der })) =
+        tokio::time::timeout(Duration::from_secs(2), conn.recv()).await
+    {
         write_atomic(&settings.crl_path(), &der)?;
     }
     conn.close().await;

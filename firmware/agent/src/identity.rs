@@ -25,7 +25,8 @@ pub const RENEW_AT_FRACTION: f64 = 0.9;
 /// Reads the pinned CA (PEM, one or more certificates).
 pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, AgentError> {
     let pem = std::fs::read(path).map_err(|e| AgentError::io(path, e))?;
-    let certs = pem_certs(&pem).map_err(|e| AgentError::Certificate(format!("{}: {e}", path.display())))?;
+    let certs =
+        pem_certs(&pem).map_err(|e| AgentError::Certificate(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
         return Err(AgentError::Certificate(format!(
             "{}: no certificate in the file",
@@ -56,11 +57,14 @@ pub fn certs_to_pem(chain: &[Vec<u8>]) -> String {
 }
 
 /// The stored certificate chain, if enrolled.
-pub fn load_chain(settings: &AgentSettings) -> Result<Option<Vec<CertificateDer<'static>>>, AgentError> {
+pub fn load_chain(
+    settings: &AgentSettings,
+) -> Result<Option<Vec<CertificateDer<'static>>>, AgentError> {
     let path = settings.cert_path();
     match std::fs::read(&path) {
         Ok(pem) => {
-            let chain = pem_certs(&pem).map_err(|e| AgentError::Certificate(format!("{}: {e}", path.display())))?;
+            let chain = pem_certs(&pem)
+                .map_err(|e| AgentError::Certificate(format!("{}: {e}", path.display())))?;
             Ok((!chain.is_empty()).then_some(chain))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -70,7 +74,11 @@ pub fn load_chain(settings: &AgentSettings) -> Result<Option<Vec<CertificateDer<
 
 /// Stores a new chain and the label of the key it certifies (chain first: a crash in between
 /// leaves the old label, whose key still matches... the old chain — see [`store_identity`]).
-pub fn store_identity(settings: &AgentSettings, chain_der: &[Vec<u8>], label: &str) -> Result<(), AgentError> {
+pub fn store_identity(
+    settings: &AgentSettings,
+    chain_der: &[Vec<u8>],
+    label: &str,
+) -> Result<(), AgentError> {
     // The label is written first: if we crash before the chain, the next start finds a label
     // whose key has no certificate yet and the old chain → the handshake fails and the agent
     // re-enrolls or renews. Written the other way round, a new chain would be presented with
@@ -104,7 +112,10 @@ pub fn validity(der: &[u8]) -> Result<(u64, u64), AgentError> {
         .map_err(|e| AgentError::Certificate(format!("unparsable certificate: {e}")))?;
     let v = cert.validity();
     let secs = |t: i64| u64::try_from(t).unwrap_or(0);
-    Ok((secs(v.not_before.timestamp()), secs(v.not_after.timestamp())))
+    Ok((
+        secs(v.not_before.timestamp()),
+        secs(v.not_after.timestamp()),
+    ))
 }
 
 /// When to renew a certificate valid from `not_before` to `not_after` (Unix seconds).
@@ -160,7 +171,9 @@ impl KeystoreKeyPair {
             .checked_sub(65)
             .and_then(|start| spki_der.get(start..))
             .filter(|p| p.first() == Some(&0x04))
-            .ok_or_else(|| AgentError::Certificate("the device key is not an uncompressed P-256 key".into()))?
+            .ok_or_else(|| {
+                AgentError::Certificate("the device key is not an uncompressed P-256 key".into())
+            })?
             .to_vec();
         Ok(KeystoreKeyPair {
             store,
@@ -200,8 +213,10 @@ pub fn client_config(
             .add(c.clone())
             .map_err(|e| AgentError::Tls(format!("pinned CA refused: {e}")))?;
     }
-    let crls: Vec<CertificateRevocationListDer<'static>> =
-        crl.into_iter().map(CertificateRevocationListDer::from).collect();
+    let crls: Vec<CertificateRevocationListDer<'static>> = crl
+        .into_iter()
+        .map(CertificateRevocationListDer::from)
+        .collect();
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         .only_check_end_entity_revocation()
@@ -230,7 +245,8 @@ pub fn client_cert(
 
 /// The server name for TLS.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, AgentError> {
-    ServerName::try_from(name.to_owned()).map_err(|e| AgentError::Tls(format!("server name `{name}`: {e}")))
+    ServerName::try_from(name.to_owned())
+        .map_err(|e| AgentError::Tls(format!("server name `{name}`: {e}")))
 }
 
 /// Time left until `unix_s`, zero if past.
@@ -263,6 +279,7 @@ mod tests {
                 .expect("dev keystore"),
         );
         let der = csr(store, FIRST_KEY_LABEL, "pop-test-01").expect("csr");
+        use x509_parser::prelude::FromDer;
         let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
             .expect("parses");
         req.verify_signature().expect("self-signature verifies");

@@ -49,7 +49,11 @@ impl Pseudonymiser {
         ctx.update(value);
         let tag = ctx.sign();
         let mut out = [0u8; PSEUDONYM_LEN];
-        out.copy_from_slice(tag.as_ref().get(..PSEUDONYM_LEN).unwrap_or(&[0u8; PSEUDONYM_LEN]));
+        out.copy_from_slice(
+            tag.as_ref()
+                .get(..PSEUDONYM_LEN)
+                .unwrap_or(&[0u8; PSEUDONYM_LEN]),
+        );
         out
     }
 }
@@ -63,11 +67,7 @@ pub fn normalise_party(s: &str) -> String {
         .iter()
         .find_map(|p| lower.strip_prefix(p))
         .unwrap_or(&lower);
-    let user = rest
-        .split(['@', ';'])
-        .next()
-        .unwrap_or_default()
-        .trim();
+    let user = rest.split(['@', ';']).next().unwrap_or_default().trim();
     let digits: String = user
         .chars()
         .enumerate()
@@ -142,6 +142,9 @@ mod tests {
 
     #[test]
     fn debug_shows_no_key() {
-        assert_eq!(format!("{:?}", Pseudonymiser::new(&[1; 32])), "Pseudonymiser(redacted)");
+        assert_eq!(
+            format!("{:?}", Pseudonymiser::new(&[1; 32])),
+            "Pseudonymiser(redacted)"
+        );
     }
 }

@@ -52,7 +52,9 @@ impl Outbox {
         if let Err(e) = self.push(body) {
             match body {
                 RecordBody::Telemetry(_) => tracing::debug!(error = %e, "telemetry not spooled"),
-                _ => tracing::error!(class = ?body.class(), error = %e, "record could not be spooled"),
+                _ => {
+                    tracing::error!(class = ?body.class(), error = %e, "record could not be spooled")
+                }
             }
         }
     }
@@ -176,14 +178,21 @@ mod tests {
         assert_eq!(cdr.callee, Some(p.party("sip:+15550002@x")));
         assert_eq!(cdr.ended_unix_ms - cdr.started_unix_ms, 60_000);
         let shown = format!("{cdr:?}");
-        assert!(!shown.contains("15550001") && !shown.contains("abc@host"), "{shown}");
+        assert!(
+            !shown.contains("15550001") && !shown.contains("abc@host"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn redaction_removes_numbers_and_uris_but_keeps_counters() {
-        let text = "caller sip:+15551230001@pop to +1 555 123 0002, dtmf 123456789 sessions=12 port 30000";
+        let text =
+            "caller sip:+15551230001@pop to +1 555 123 0002, dtmf 123456789 sessions=12 port 30000";
         let r = redact(text);
-        assert!(!r.contains("15551230001") && !r.contains("123456789"), "{r}");
+        assert!(
+            !r.contains("15551230001") && !r.contains("123456789"),
+            "{r}"
+        );
         assert!(r.contains("sessions=12") && r.contains("30000"), "{r}");
     }
 }

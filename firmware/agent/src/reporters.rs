@@ -2,7 +2,6 @@
 //! every `timers.cdr_poll_ms`.
 
 use std::sync::PoisonError;
-use std::time::Duration;
 
 use pop_agent_proto::{
     EventKind, RecordBody, RelayCounters, ServiceHealth, SpoolCounters, Telemetry, UplinkState,
@@ -25,23 +24,32 @@ pub fn spawn(shared: Shared) {
         loop {
             tick.tick().await;
             let t2 = t.clone();
-            let alarm = tokio::task::spawn_blocking(move || telemetry_once(&t2)).await.unwrap_or(false);
+            let alarm = tokio::task::spawn_blocking(move || telemetry_once(&t2))
+                .await
+                .unwrap_or(false);
             if alarm && !alarm_reported {
                 let stats = t.outbox.with(|s| s.stats());
-                t.outbox.event(EventKind::SpoolAlarm { bytes: stats.bytes, cap: t.settings.spool.max_bytes });
+                t.outbox.event(EventKind::SpoolAlarm {
+                    bytes: stats.bytes,
+                    cap: t.settings.spool.max_bytes,
+                });
             }
             alarm_reported = alarm;
         }
     });
     if shared.settings.relay_socket.is_some() {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(AgentSettings::ms(shared.settings.timers.cdr_poll_ms));
+            let mut tick =
+                tokio::time::interval(AgentSettings::ms(shared.settings.timers.cdr_poll_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let dedup = std::sync::Arc::new(std::sync::Mutex::new(CdrDedup::default()));
             loop {
                 tick.tick().await;
                 let s = shared.clone();
+                let d = dedup.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    if let Err(e) = collect_cdrs(&s) {
+                    let mut d = d.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Err(e) = collect_cdrs(&s, &mut d) {
                         tracing::debug!(error = %e, "call records not collected this time");
                     }
                 })
@@ -68,10 +76,14 @@ pub fn telemetry_once(shared: &Shared) -> bool {
                     sessions: s["sessions"].as_u64().unwrap_or(0),
                     packets_forwarded: s["totals"]["forwarded_packets"].as_u64().unwrap_or(0),
                     bytes_forwarded: s["totals"]["forwarded_bytes"].as_u64().unwrap_or(0),
-                    packets_dropped: ["dropped_malformed", "dropped_spoofed", "dropped_no_destination"]
-                        .iter()
-                        .map(|k| s["totals"][*k].as_u64().unwrap_or(0))
-                        .sum(),
+                    packets_dropped: [
+                        "dropped_malformed",
+                        "dropped_spoofed",
+                        "dropped_no_destination",
+                    ]
+                    .iter()
+                    .map(|k| s["totals"][*k].as_u64().unwrap_or(0))
+                    .sum(),
                 });
             }
             Err(e) => services.push(ServiceHealth {
@@ -91,7 +103,11 @@ pub fn telemetry_once(shared: &Shared) -> bool {
                     healthy: s["all_down"] != true && active.is_some(),
                     detail: format!("active={}", active.as_deref().unwrap_or("none")),
                 });
-                for u in s["uplinks"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                for u in s["uplinks"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
                     let name = u["name"].as_str().unwrap_or("?").to_owned();
                     uplinks.push(UplinkState {
                         active: active.as_deref() == Some(name.as_str()),
@@ -108,7 +124,7 @@ pub fn telemetry_once(shared: &Shared) -> bool {
         }
     }
     let stats = shared.outbox.with(|s| s.stats());
-    let config_version = shared.store.lock().unwrap_or_else(PoisonError::into_inner).running_version();
+    let config_version = shared.running_version();
     shared.outbox.push_or_log(&RecordBody::Telemetry(Telemetry {
         config_version,
         uptime_s: shared.started.elapsed().as_secs(),
@@ -145,10 +161,33 @@ struct Cursor {
     seq: u64,
 }
 
-fn collect_cdrs(shared: &Shared) -> Result<(), String> {
+/// Call pseudonyms of CDRs still in the spool when the agent started: a CDR spooled just
+/// before a crash, whose cursor update did not make it to disk, is read from the relay again
+/// and must not be spooled twice.
+#[derive(Debug, Default)]
+pub struct CdrDedup {
+    pending_at_start: Option<std::collections::HashSet<[u8; 16]>>,
+}
+
+fn collect_cdrs(shared: &Shared, dedup: &mut CdrDedup) -> Result<(), String> {
     let Some(socket) = &shared.settings.relay_socket else {
         return Ok(());
     };
+    if dedup.pending_at_start.is_none() {
+        let pending = shared
+            .outbox
+            .with(|s| s.pending_after(0, usize::MAX))
+            .map_err(|e| e.to_string())?;
+        dedup.pending_at_start = Some(
+            pending
+                .iter()
+                .filter_map(|r| match postcard::from_bytes::<RecordBody>(&r.body) {
+                    Ok(RecordBody::Cdr(c)) => Some(c.call),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
     let path = shared.settings.state_dir.join("relay-cursor.json");
     let mut cursor: Cursor = std::fs::read(&path)
         .ok()
@@ -161,7 +200,8 @@ fn collect_cdrs(shared: &Shared) -> Result<(), String> {
             // The relay restarted: its numbering starts again.
             cursor = Cursor { epoch, seq: 0 };
         }
-        let reply = relay_query(socket, &json!({"op": "records", "after": cursor.seq})).map_err(|e| e.to_string())?;
+        let reply = relay_query(socket, &json!({"op": "records", "after": cursor.seq}))
+            .map_err(|e| e.to_string())?;
         if reply["epoch"].as_u64() != Some(epoch) {
             continue; // restarted between the two queries; start over
         }
@@ -169,16 +209,39 @@ fn collect_cdrs(shared: &Shared) -> Result<(), String> {
         if records.is_empty() {
             return Ok(());
         }
+        let mut bodies = Vec::with_capacity(records.len());
         for r in &records {
             let cdr = cdr_from_relay(&shared.pseudonyms, r);
-            shared.outbox.push(&RecordBody::Cdr(cdr)).map_err(|e| e.to_string())?;
             cursor.seq = r["seq"].as_u64().unwrap_or(cursor.seq);
+            let already = dedup
+                .pending_at_start
+                .as_ref()
+                .is_some_and(|set| set.contains(&cdr.call));
+            if !already {
+                bodies
+                    .push(postcard::to_allocvec(&RecordBody::Cdr(cdr)).map_err(|e| e.to_string())?);
+            }
         }
-        let bytes = serde_json::to_vec(&cursor).map_err(|e| e.to_string())?;
-        write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+        let cursor_bytes = serde_json::to_vec(&cursor).map_err(|e| e.to_string())?;
+        // Spool and cursor under the spool's lock: the connection cannot send (so the control
+        // plane cannot acknowledge and the spool cannot delete) these records before the
+        // cursor is durable. A crash in between leaves them pending, where `dedup` finds them.
+        shared.outbox.with(|spool| -> Result<(), String> {
+            let now = crate::identity::unix_now_ms();
+            let batch: Vec<pop_spool::NewRecord<'_>> = bodies
+                .iter()
+                .map(|b| pop_spool::NewRecord {
+                    class: pop_agent_proto::RecordClass::Cdr,
+                    created_unix_ms: now,
+                    body: b,
+                })
+                .collect();
+            spool.append_batch(&batch).map_err(|e| e.to_string())?;
+            write_atomic(&path, &cursor_bytes).map_err(|e| e.to_string())
+        })?;
+        shared.outbox.appended.notify_one();
         // The next `records` query acknowledges these to the relay, which then forgets them.
         let _ = relay_query(socket, &json!({"op": "records", "after": cursor.seq}));
-        std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
 }

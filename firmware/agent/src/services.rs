@@ -133,23 +133,31 @@ impl Services for SystemServices {
             }
         }
         if let Err(e) = TcpStream::connect_timeout(&self.control_plane, PROBE_TIMEOUT) {
-            problems.push(format!("control plane {} unreachable: {e}", self.control_plane));
+            problems.push(format!(
+                "control plane {} unreachable: {e}",
+                self.control_plane
+            ));
         }
         problems
     }
 }
 
 fn relay_apply(path: &Path, limits: Value) -> Result<(), PartError> {
-    let reply = relay_query(path, &json!({"op": "apply", "limits": limits})).map_err(|e| PartError {
-        field: "relay".into(),
-        reason: format!("control socket: {e}"),
-    })?;
+    let reply =
+        relay_query(path, &json!({"op": "apply", "limits": limits})).map_err(|e| PartError {
+            field: "relay".into(),
+            reason: format!("control socket: {e}"),
+        })?;
     if reply["ok"] == true {
         return Ok(());
     }
     let field = reply["field"].as_str().unwrap_or("").to_owned();
     Err(PartError {
-        field: if field.is_empty() { "relay".into() } else { format!("relay.{field}") },
+        field: if field.is_empty() {
+            "relay".into()
+        } else {
+            format!("relay.{field}")
+        },
         reason: reply["reason"].as_str().unwrap_or("refused").to_owned(),
     })
 }
@@ -163,8 +171,11 @@ pub fn relay_query(path: &Path, request: &Value) -> std::io::Result<Value> {
     line.push('\n');
     stream.write_all(line.as_bytes())?;
     let mut reply = String::new();
-    BufReader::new(stream).take(16 << 20).read_line(&mut reply)?;
-    serde_json::from_str(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    BufReader::new(stream)
+        .take(16 << 20)
+        .read_line(&mut reply)?;
+    serde_json::from_str(&reply)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// `status` on the link monitor's socket (one JSON object).
@@ -174,5 +185,6 @@ pub fn linkmon_status(path: &Path) -> std::io::Result<Value> {
     stream.write_all(b"status\n")?;
     let mut reply = String::new();
     BufReader::new(stream).take(1 << 20).read_line(&mut reply)?;
-    serde_json::from_str(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_str(&reply)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }

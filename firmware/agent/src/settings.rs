@@ -145,7 +145,10 @@ impl AgentSettings {
             return bad("timers.telemetry_ms", "at least 100");
         }
         if t.health_window_ms < 500 {
-            return bad("timers.health_window_ms", "at least 500 (health needs time to show)");
+            return bad(
+                "timers.health_window_ms",
+                "at least 500 (health needs time to show)",
+            );
         }
         if t.backoff_base_ms == 0 || t.backoff_cap_ms < t.backoff_base_ms {
             return bad("timers.backoff_cap_ms", "base > 0 and cap >= base");

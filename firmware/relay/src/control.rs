@@ -396,6 +396,9 @@ mod tests {
         assert!(j.after(j.last_seq()).is_empty());
         let rest = j.acknowledge_and_read(10);
         assert_eq!(rest[0].seq, 11);
-        assert!(j.after(0).iter().all(|r| r.seq > 10), "acknowledged records are gone");
+        assert!(
+            j.after(0).iter().all(|r| r.seq > 10),
+            "acknowledged records are gone"
+        );
     }
 }
