@@ -180,12 +180,14 @@ impl Appliance {
     pub fn start(test: &TestDir, device: &str, opts: &ApplianceOptions) -> Result<Self> {
         let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
         let ng_port = ports::free_udp_port(localhost)?;
-        let range = ports::free_udp_port_range(&[localhost], 64)?;
+        let range = ports::free_udp_port_range(&[localhost], 256)?;
         let relay_socket = test.file("relay.sock");
         let mut cmd = Command::new(binaries::popd()?);
         cmd.args(["relay", "--ng-listen", &format!("127.0.0.1:{ng_port}")])
             .args(["--port-min", &range.start().to_string()])
             .args(["--port-max", &range.end().to_string()])
+            // Many short calls in a row: released ports come back after a second.
+            .args(["--port-quarantine-secs", "1"])
             .arg("--control-socket")
             .arg(&relay_socket);
         let mut relay = ChildGuard::spawn("relay", &mut cmd, test)?;
