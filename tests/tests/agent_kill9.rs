@@ -28,7 +28,11 @@ fn agent_killed_100_times_loses_and_duplicates_nothing() {
     let app = Appliance::start(&test, "pop-kill9", &opts).unwrap_or_else(|e| panic!("{e:#}"));
     let token = cp.token(&app.device, false).expect("token");
     let out = app.enroll(&token).expect("popctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let seed: u64 = std::env::var("AGENT_KILL9_SEED")
         .ok()
@@ -45,12 +49,20 @@ fn agent_killed_100_times_loses_and_duplicates_nothing() {
         let before_call = Duration::from_millis(rng.gen_range(0..150));
         let after_call = Duration::from_millis(rng.gen_range(5..250));
         std::thread::sleep(before_call);
-        app.call(&format!("kill9-{run}"), "+15557770000", &format!("+1555888{run:04}"))
-            .expect("call");
+        app.call(
+            &format!("kill9-{run}"),
+            "+15557770000",
+            &format!("+1555888{run:04}"),
+        )
+        .expect("call");
         if run % 10 == 0 {
             pushes += 1;
             admin
-                .push_config(&app.device, pushes, &config_document(pushes, 100 + pushes as u32, cp.listen))
+                .push_config(
+                    &app.device,
+                    pushes,
+                    &config_document(pushes, 100 + pushes as u32, cp.listen),
+                )
                 .expect("push");
         }
         std::thread::sleep(after_call);
@@ -60,9 +72,12 @@ fn agent_killed_100_times_loses_and_duplicates_nothing() {
 
     let agent = app.start_agent(&test, "agent-final").expect("agent starts");
     let records = cp
-        .wait_records(&app.device, Duration::from_secs(60), "a CDR for every call", |rs| {
-            kinds(rs).cdrs >= RUNS
-        })
+        .wait_records(
+            &app.device,
+            Duration::from_secs(60),
+            "a CDR for every call",
+            |rs| kinds(rs).cdrs >= RUNS,
+        )
         .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
     std::thread::sleep(Duration::from_secs(1));
     let records = cp.records(&app.device).unwrap_or(records);
@@ -85,7 +100,10 @@ fn agent_killed_100_times_loses_and_duplicates_nothing() {
     assert_eq!(k.cdrs, RUNS, "and only one");
     let log = agent.log();
     assert!(log.contains("spool opened"), "{log}");
-    assert!(log.contains("corrupt_records: 0"), "no damaged record after 100 kills: {log}");
+    assert!(
+        log.contains("corrupt_records: 0"),
+        "no damaged record after 100 kills: {log}"
+    );
 
     // The configuration store survived too: a new push applies.
     admin
@@ -98,7 +116,11 @@ fn agent_killed_100_times_loses_and_duplicates_nothing() {
             assert_eq!(r.result.outcome, ConfigOutcome::Applied);
             break;
         }
-        assert!(Instant::now() < deadline, "no result for the final push:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no result for the final push:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
