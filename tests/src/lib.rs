@@ -12,6 +12,7 @@
 pub mod agent_bed;
 pub mod binaries;
 pub mod child;
+pub mod netns_bed;
 pub mod ng_client;
 pub mod ng_corpus;
 pub mod ports;

@@ -57,7 +57,7 @@ fn bed(name: &str, device: &str) -> Bed {
     let opts = ApplianceOptions {
         ca_file: cp_dir.join("ca.pem"),
         control_plane: cp.listen,
-        health_window_ms: 1500,
+        health_window_ms: 2500,
     };
     let app = Appliance::start(&test, device, &opts).unwrap_or_else(|e| panic!("{e:#}"));
     Bed { test, cp, app }

@@ -23,7 +23,7 @@ fn agent_killed_100_times_loses_and_duplicates_nothing() {
     let opts = ApplianceOptions {
         ca_file: cp_dir.join("ca.pem"),
         control_plane: cp.listen,
-        health_window_ms: 500,
+        health_window_ms: 2500,
     };
     let app = Appliance::start(&test, "pop-kill9", &opts).unwrap_or_else(|e| panic!("{e:#}"));
     let token = cp.token(&app.device, false).expect("token");

@@ -43,7 +43,7 @@ fn the_agent_refuses_a_foreign_an_expired_and_a_revoked_server_certificate() {
     let mut opts = ApplianceOptions {
         ca_file: other_dir.join("ca.pem"),
         control_plane: cp.listen,
-        health_window_ms: 1000,
+        health_window_ms: 2500,
     };
     let app = Appliance::start(&test, "pop-tls-01", &opts).unwrap_or_else(|e| panic!("{e:#}"));
     let token = cp.token(&app.device, false).expect("token");
@@ -162,7 +162,7 @@ fn the_control_plane_refuses_a_revoked_device_and_drops_its_session() {
     let opts = ApplianceOptions {
         ca_file: cp_dir.join("ca.pem"),
         control_plane: cp.listen,
-        health_window_ms: 1000,
+        health_window_ms: 2500,
     };
     let app = Appliance::start(&test, "pop-tls-02", &opts).unwrap_or_else(|e| panic!("{e:#}"));
     let token = cp.token(&app.device, false).expect("token");

@@ -63,8 +63,8 @@ pub struct Shared {
     /// The running configuration version, readable without waiting for an apply in progress
     /// (which holds the store for its whole health window).
     pub running_version: Arc<std::sync::atomic::AtomicU64>,
-    /// The version of the push being applied (one at a time).
-    pub applying: Arc<Mutex<Option<u64>>>,
+    /// The push being applied (one at a time) and the next one.
+    pub applying: Arc<Mutex<Applying>>,
     /// Start time (uptime in telemetry).
     pub started: Instant,
 }
@@ -165,7 +165,7 @@ async fn run_async(settings: AgentSettings) -> Result<(), AgentError> {
         pseudonyms,
         results: results_tx,
         running_version,
-        applying: Arc::new(Mutex::new(None)),
+        applying: Arc::new(Mutex::new(Applying::default())),
         started: Instant::now(),
     };
     startup_records(&shared, interrupted);
@@ -400,35 +400,31 @@ fn finish_renewal(
     Ok(())
 }
 
+/// Starts applying a push, or queues it behind the one being applied (latest wins: desired
+/// state, not a list of changes). The same version delivered again is ignored: its result is
+/// on its way.
 fn start_apply(shared: &Shared, version: u64, document: String) {
-    {
-        let mut applying = shared
-            .applying
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match *applying {
-            // The same push delivered again while it is being applied: its result will come.
-            Some(v) if v == version => return,
-            Some(_) => {}
-            None => {
-                *applying = Some(version);
-                drop(applying);
-                spawn_apply(shared, version, document);
-                return;
+    let mut applying = shared.applying.lock().unwrap_or_else(PoisonError::into_inner);
+    match applying.current {
+        Some(v) if v == version => {}
+        Some(_) => {
+            if applying.queued.as_ref().is_none_or(|(q, _)| *q <= version) {
+                applying.queued = Some((version, document));
             }
         }
+        None => {
+            applying.current = Some(version);
+            drop(applying);
+            spawn_apply(shared, version, document);
+        }
     }
-    {
-        let running = shared.running_version();
-        let _ = shared.results.send(Outgoing::Config(ConfigResult {
-            version,
-            outcome: ConfigOutcome::Refused {
-                field: "version".into(),
-                reason: "another push is being applied; push again when it reports".into(),
-            },
-            running_version: running,
-        }));
-    }
+}
+
+/// The push being applied and the one waiting for it.
+#[derive(Debug, Default)]
+pub struct Applying {
+    current: Option<u64>,
+    queued: Option<(u64, String)>,
 }
 
 fn spawn_apply(shared: &Shared, version: u64, document: String) {
@@ -476,10 +472,15 @@ fn spawn_apply(shared: &Shared, version: u64, document: String) {
             &outcome,
         );
         let _ = shared.results.send(Outgoing::Config(report.result));
-        *shared
-            .applying
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        let next = {
+            let mut applying = shared.applying.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = applying.queued.take();
+            applying.current = next.as_ref().map(|(v, _)| *v);
+            next
+        };
+        if let Some((v, doc)) = next {
+            spawn_apply(&shared, v, doc);
+        }
     });
 }
 

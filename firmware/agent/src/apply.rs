@@ -139,10 +139,18 @@ fn watch(
                 return Some(format!("health dropped: {}", new.join("; ")));
             }
         }
-        if Instant::now() >= end {
+        // A failure streak still open at the end of the window is decided by the next check,
+        // not by the clock: a probe can take longer than the window has left (bounded: a
+        // pass ends the streak, a second failure ends the watch).
+        if Instant::now() >= end && failed_in_a_row == 0 {
             return None;
         }
-        std::thread::sleep(HEALTH_CHECK_EVERY.min(end.saturating_duration_since(Instant::now())));
+        let left = end.saturating_duration_since(Instant::now());
+        std::thread::sleep(if left.is_zero() {
+            HEALTH_CHECK_EVERY
+        } else {
+            HEALTH_CHECK_EVERY.min(left)
+        });
     }
 }
 
@@ -290,6 +298,51 @@ mod tests {
             "the running config was re-applied"
         );
         assert!(!svc.broken);
+    }
+
+    /// Health that fails once, slowly, right at the end of a short window: the streak must be
+    /// decided by another check, not by the clock.
+    struct SlowFailure {
+        checks: u32,
+    }
+
+    impl Services for SlowFailure {
+        fn snapshot(&mut self) -> Snapshot {
+            Snapshot::default()
+        }
+        fn apply(&mut self, _: &ApplianceConfig) -> Result<(), PartError> {
+            Ok(())
+        }
+        fn restore(&mut self, _: &Snapshot) -> Result<(), PartError> {
+            Ok(())
+        }
+        fn problems(&mut self) -> Vec<String> {
+            self.checks += 1;
+            if self.checks == 1 {
+                return Vec::new(); // the baseline before the push
+            }
+            std::thread::sleep(Duration::from_millis(400)); // a probe timing out
+            vec!["control plane unreachable".into()]
+        }
+    }
+
+    #[test]
+    fn a_failure_streak_open_when_the_window_ends_still_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = ConfigStore::open(dir.path()).unwrap();
+        let mut svc = SlowFailure { checks: 0 };
+        let r = apply_push(
+            &mut store,
+            &mut svc,
+            1,
+            &doc(1, 100),
+            Duration::from_millis(300),
+        );
+        assert!(
+            matches!(r.result.outcome, ConfigOutcome::RolledBack { .. }),
+            "{r:?}"
+        );
+        assert_eq!(store.running_version(), 0);
     }
 
     #[test]

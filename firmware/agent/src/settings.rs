@@ -144,10 +144,10 @@ impl AgentSettings {
         if t.telemetry_ms < 100 {
             return bad("timers.telemetry_ms", "at least 100");
         }
-        if t.health_window_ms < 500 {
+        if t.health_window_ms < 2500 {
             return bad(
                 "timers.health_window_ms",
-                "at least 500 (health needs time to show)",
+                "at least 2500: two failed checks of up to 1 s each must fit",
             );
         }
         if t.backoff_base_ms == 0 || t.backoff_cap_ms < t.backoff_base_ms {
