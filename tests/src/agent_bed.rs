@@ -173,6 +173,9 @@ pub struct ApplianceOptions {
     pub control_plane: SocketAddr,
     /// Health window.
     pub health_window_ms: u64,
+    /// Apply pushed firewalls with nft (only where the agent runs in a namespace the test
+    /// made: never on the host).
+    pub apply_firewall: bool,
 }
 
 impl Appliance {
@@ -274,13 +277,14 @@ pub fn write_settings(
     let text = format!(
         "device_id = \"{device}\"\nboard = \"test-bed\"\ncontrol_plane = \"{}\"\n\
          server_name = \"{SERVER_NAME}\"\nca_file = \"{}\"\nstate_dir = \"{}\"\n\
-         profile = \"development\"\napply_firewall = false\n{relay}\
+         profile = \"development\"\napply_firewall = {}\n{relay}\
          [keystore]\nbackend = \"dev\"\ndir = \"{}\"\n\
          [timers]\ntelemetry_ms = 500\nhealth_window_ms = {}\nbackoff_base_ms = 200\n\
          backoff_cap_ms = 1000\ncdr_poll_ms = 200\n",
         opts.control_plane,
         opts.ca_file.display(),
         state_dir.display(),
+        opts.apply_firewall,
         keys.display(),
         opts.health_window_ms,
     );
@@ -321,4 +325,47 @@ pub fn config_document(version: u64, max_sessions: u32, control_plane: SocketAdd
          [firewall]\ncontrol_plane = [\"{control_plane}\"]\nmanagement_networks = [\"10.99.0.0/24\"]\n\
          sip_peers = [\"10.99.1.0/24\"]\nng_proxies = [\"10.99.1.0/24\"]\n"
     )
+}
+
+/// The usual loopback bed: a control plane on any port, a relay, the agent's settings (no
+/// firewall), and — with [`LoopbackBed::enrolled`] — the device enrolled with a fresh token.
+#[derive(Debug)]
+pub struct LoopbackBed {
+    /// Scratch directory (logs).
+    pub test: TestDir,
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// The appliance side.
+    pub app: Appliance,
+}
+
+impl LoopbackBed {
+    /// Starts the control plane and the relay, writes the settings.
+    pub fn new(name: &str, device: &str) -> Result<Self> {
+        let test = TestDir::new(name)?;
+        let cp_dir = init_control_plane(&test, "cp", &[])?;
+        let cp = ControlPlane::start(&test, &cp_dir, "127.0.0.1:0".parse()?, "cp")?;
+        let opts = ApplianceOptions {
+            ca_file: cp_dir.join("ca.pem"),
+            control_plane: cp.listen,
+            health_window_ms: 2500,
+            apply_firewall: false,
+        };
+        let app = Appliance::start(&test, device, &opts)?;
+        Ok(LoopbackBed { test, cp, app })
+    }
+
+    /// [`Self::new`], then `popctl enroll` with a fresh token (an error if it fails).
+    pub fn enrolled(name: &str, device: &str) -> Result<Self> {
+        let bed = Self::new(name, device)?;
+        let token = bed.cp.token(device, false)?;
+        let out = bed.app.enroll(&token)?;
+        if !out.status.success() {
+            bail!(
+                "popctl enroll failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(bed)
+    }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use pop_controlplane::admin::AdminClient;
 
-use crate::agent_bed::SERVER_NAME;
+use crate::agent_bed::{write_settings, ApplianceOptions, SERVER_NAME};
 use crate::{binaries, ChildGuard, TestDir};
 
 /// Longest a background listener thread lives, whatever happens to its owner: a leaked guard
@@ -252,16 +252,6 @@ fn parse_addr(line: &str, prefix: &str) -> Result<SocketAddr> {
 }
 
 /// Settings of the appliance side the test chooses.
-#[derive(Debug, Clone)]
-pub struct NsApplianceOptions {
-    /// CA file the agent pins.
-    pub ca_file: PathBuf,
-    /// Control plane address, as the agent dials it.
-    pub control_plane: SocketAddr,
-    /// Health window after a push.
-    pub health_window_ms: u64,
-}
-
 /// The appliance side inside a namespace: a relay with its control socket and the agent's
 /// settings with the firewall applied for real (in the namespace the agent runs in).
 #[derive(Debug)]
@@ -291,7 +281,7 @@ impl NsAppliance {
         test: &TestDir,
         ns: &Netns,
         device: &str,
-        opts: &NsApplianceOptions,
+        opts: &ApplianceOptions,
     ) -> Result<Self> {
         let relay_socket = test.file("relay.sock");
         let mut cmd = ns.command(&binaries::popd()?);
@@ -313,7 +303,7 @@ impl NsAppliance {
             opts,
             &test.file("agent-state"),
             &test.file("keys"),
-            &relay_socket,
+            Some(&relay_socket),
         )?;
         Ok(NsAppliance {
             device: device.to_owned(),
@@ -348,33 +338,6 @@ impl NsAppliance {
             .env("POPD_LOG", "info");
         ChildGuard::spawn(log_name, &mut cmd, test)
     }
-}
-
-/// Writes an `agent.toml` with `apply_firewall = true` and no `firewall_netns`: the agent runs
-/// inside the appliance namespace, so its `nft` acts there (development keystore, short timers).
-pub fn write_settings(
-    path: &Path,
-    device: &str,
-    opts: &NsApplianceOptions,
-    state_dir: &Path,
-    keys: &Path,
-    relay_socket: &Path,
-) -> Result<()> {
-    let text = format!(
-        "device_id = \"{device}\"\nboard = \"test-bed\"\ncontrol_plane = \"{}\"\n\
-         server_name = \"{SERVER_NAME}\"\nca_file = \"{}\"\nstate_dir = \"{}\"\n\
-         profile = \"development\"\napply_firewall = true\nrelay_socket = \"{}\"\n\
-         [keystore]\nbackend = \"dev\"\ndir = \"{}\"\n\
-         [timers]\ntelemetry_ms = 500\nhealth_window_ms = {}\nbackoff_base_ms = 200\n\
-         backoff_cap_ms = 1000\ncdr_poll_ms = 200\n",
-        opts.control_plane,
-        opts.ca_file.display(),
-        state_dir.display(),
-        relay_socket.display(),
-        keys.display(),
-        opts.health_window_ms,
-    );
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// TCP listeners that accept and close, and UDP sockets that echo, on one polling thread inside

@@ -7,10 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pop_agent_proto::{Command, CommandOutcome, ConfigOutcome, EventKind, RecordBody};
-use pop_system_tests::agent_bed::{
-    config_document, init_control_plane, kinds, Appliance, ApplianceOptions, ControlPlane,
-};
-use pop_system_tests::TestDir;
+use pop_system_tests::agent_bed::{config_document, kinds, Appliance, ControlPlane, LoopbackBed};
 use serde_json::json;
 
 fn relay_status(app: &Appliance) -> serde_json::Value {
@@ -43,37 +40,12 @@ fn wait_config_result(cp: &ControlPlane, device: &str, version: u64) -> ConfigOu
     }
 }
 
-struct Bed {
-    test: TestDir,
-    cp: ControlPlane,
-    app: Appliance,
+fn bed(name: &str, device: &str) -> LoopbackBed {
+    LoopbackBed::new(name, device).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn bed(name: &str, device: &str) -> Bed {
-    let test = TestDir::new(name).unwrap_or_else(|e| panic!("{e:#}"));
-    let cp_dir = init_control_plane(&test, "cp", &[]).unwrap_or_else(|e| panic!("{e:#}"));
-    let cp = ControlPlane::start(&test, &cp_dir, "127.0.0.1:0".parse().expect("addr"), "cp")
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let opts = ApplianceOptions {
-        ca_file: cp_dir.join("ca.pem"),
-        control_plane: cp.listen,
-        health_window_ms: 2500,
-    };
-    let app = Appliance::start(&test, device, &opts).unwrap_or_else(|e| panic!("{e:#}"));
-    Bed { test, cp, app }
-}
-
-fn enrolled(b: &Bed) {
-    let token =
-        b.cp.token(&b.app.device, false)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-    let out = b.app.enroll(&token).unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(
-        out.status.success(),
-        "enroll: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn enrolled(name: &str, device: &str) -> LoopbackBed {
+    LoopbackBed::enrolled(name, device).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]
@@ -241,9 +213,8 @@ fn enroll_connect_push_applies_to_the_relay_and_telemetry_and_events_arrive() {
 
 #[test]
 fn control_plane_down_then_back_every_record_arrives_exactly_once() {
-    let b = bed("agent-e2e-outage", "pop-e2e-02");
+    let b = enrolled("agent-e2e-outage", "pop-e2e-02");
     let device = b.app.device.clone();
-    enrolled(&b);
     let agent = b.app.start_agent(&b.test, "agent").expect("agent starts");
     let mut admin = b.cp.admin().expect("admin");
     assert!(admin
@@ -252,7 +223,7 @@ fn control_plane_down_then_back_every_record_arrives_exactly_once() {
     b.app
         .call("outage-0", "+15550000000", "+15550009999")
         .expect("call");
-    let Bed { test, cp, app } = b;
+    let LoopbackBed { test, cp, app } = b;
     let listen: SocketAddr = cp.listen;
     let cp_dir = cp.dir.clone();
     cp.child.kill().expect("control plane killed");

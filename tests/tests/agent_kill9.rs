@@ -6,33 +6,15 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use pop_agent_proto::{ConfigOutcome, EventKind, RecordBody};
-use pop_system_tests::agent_bed::{
-    config_document, init_control_plane, kinds, Appliance, ApplianceOptions, ControlPlane,
-};
-use pop_system_tests::TestDir;
+use pop_system_tests::agent_bed::{config_document, kinds, LoopbackBed};
 use rand::{Rng, SeedableRng};
 
 const RUNS: usize = 100;
 
 #[test]
 fn agent_killed_100_times_loses_and_duplicates_nothing() {
-    let test = TestDir::new("agent-kill9").unwrap_or_else(|e| panic!("{e:#}"));
-    let cp_dir = init_control_plane(&test, "cp", &[]).unwrap_or_else(|e| panic!("{e:#}"));
-    let cp = ControlPlane::start(&test, &cp_dir, "127.0.0.1:0".parse().expect("addr"), "cp")
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let opts = ApplianceOptions {
-        ca_file: cp_dir.join("ca.pem"),
-        control_plane: cp.listen,
-        health_window_ms: 2500,
-    };
-    let app = Appliance::start(&test, "pop-kill9", &opts).unwrap_or_else(|e| panic!("{e:#}"));
-    let token = cp.token(&app.device, false).expect("token");
-    let out = app.enroll(&token).expect("popctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let LoopbackBed { test, cp, app } =
+        LoopbackBed::enrolled("agent-kill9", "pop-kill9").unwrap_or_else(|e| panic!("{e:#}"));
 
     let seed: u64 = std::env::var("AGENT_KILL9_SEED")
         .ok()

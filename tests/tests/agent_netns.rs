@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use pop_agent_proto::{ConfigOutcome, EventKind, Record, RecordBody};
 use pop_controlplane::admin::AdminClient;
+use pop_system_tests::agent_bed::ApplianceOptions;
 use pop_system_tests::netns_bed::{
     init_control_plane, require_root_and_tools, scan, veth_pair, Listeners, Netns, NsAppliance,
-    NsApplianceOptions, NsControlPlane,
+    NsControlPlane,
 };
 use pop_system_tests::TestDir;
 
@@ -106,10 +107,11 @@ fn pushed_firewall_holds_from_outside_and_a_push_cutting_off_the_control_plane_r
     let mut admin = cp.admin().unwrap_or_else(|e| panic!("{e:#}"));
 
     // The appliance in its namespace: relay, enrollment, agent.
-    let opts = NsApplianceOptions {
+    let opts = ApplianceOptions {
         ca_file: cp_dir.join("ca.pem"),
         control_plane: cp.listen,
         health_window_ms: 3000,
+        apply_firewall: true,
     };
     let app = NsAppliance::start(&test, &app_ns, DEVICE, &opts).unwrap_or_else(|e| panic!("{e:#}"));
     let token = cp.token(DEVICE).unwrap_or_else(|e| panic!("{e:#}"));

@@ -8,7 +8,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pop_system_tests::agent_bed::{init_control_plane, Appliance, ApplianceOptions, ControlPlane};
+use pop_system_tests::agent_bed::{
+    init_control_plane, Appliance, ApplianceOptions, ControlPlane, LoopbackBed,
+};
 use pop_system_tests::{binaries, TestDir};
 
 fn now() -> i64 {
@@ -44,6 +46,7 @@ fn the_agent_refuses_a_foreign_an_expired_and_a_revoked_server_certificate() {
         ca_file: other_dir.join("ca.pem"),
         control_plane: cp.listen,
         health_window_ms: 2500,
+        apply_firewall: false,
     };
     let app = Appliance::start(&test, "pop-tls-01", &opts).unwrap_or_else(|e| panic!("{e:#}"));
     let token = cp.token(&app.device, false).expect("token");
@@ -155,19 +158,8 @@ fn the_agent_refuses_a_foreign_an_expired_and_a_revoked_server_certificate() {
 
 #[test]
 fn the_control_plane_refuses_a_revoked_device_and_drops_its_session() {
-    let test = TestDir::new("agent-tls-client").unwrap_or_else(|e| panic!("{e:#}"));
-    let cp_dir = init_control_plane(&test, "cp", &[]).unwrap_or_else(|e| panic!("{e:#}"));
-    let cp = ControlPlane::start(&test, &cp_dir, "127.0.0.1:0".parse().expect("addr"), "cp")
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let opts = ApplianceOptions {
-        ca_file: cp_dir.join("ca.pem"),
-        control_plane: cp.listen,
-        health_window_ms: 2500,
-    };
-    let app = Appliance::start(&test, "pop-tls-02", &opts).unwrap_or_else(|e| panic!("{e:#}"));
-    let token = cp.token(&app.device, false).expect("token");
-    let out = app.enroll(&token).expect("popctl");
-    assert!(out.status.success(), "{}", stderr(&out));
+    let LoopbackBed { test, cp, app } =
+        LoopbackBed::enrolled("agent-tls-client", "pop-tls-02").unwrap_or_else(|e| panic!("{e:#}"));
     let agent = app.start_agent(&test, "agent").expect("agent");
     let mut admin = cp.admin().expect("admin");
     assert!(admin

@@ -404,7 +404,10 @@ fn finish_renewal(
 /// state, not a list of changes). The same version delivered again is ignored: its result is
 /// on its way.
 fn start_apply(shared: &Shared, version: u64, document: String) {
-    let mut applying = shared.applying.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut applying = shared
+        .applying
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     match applying.current {
         Some(v) if v == version => {}
         Some(_) => {
@@ -473,7 +476,10 @@ fn spawn_apply(shared: &Shared, version: u64, document: String) {
         );
         let _ = shared.results.send(Outgoing::Config(report.result));
         let next = {
-            let mut applying = shared.applying.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut applying = shared
+                .applying
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let next = applying.queued.take();
             applying.current = next.as_ref().map(|(v, _)| *v);
             next

@@ -115,6 +115,7 @@ fn main() -> Result<()> {
         ca_file: cp_dir.join("ca.pem"),
         control_plane: cp.listen,
         health_window_ms: 2500,
+        apply_firewall: false,
     };
     let app = Appliance::start(&test, "pop-bench", &opts)?;
     // Production reconnect backoff (1 s .. 120 s), telemetry every second.
