@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::agent::Shared;
 use crate::fsutil::write_atomic;
 use crate::records::cdr_from_relay;
-use crate::services::{linkmon_status, relay_query};
+use crate::services::{linkmon_events, linkmon_status, relay_query};
 use crate::settings::AgentSettings;
 
 /// Starts the reporter tasks.
@@ -37,6 +37,23 @@ pub fn spawn(shared: Shared) {
             alarm_reported = alarm;
         }
     });
+    if shared.settings.linkmon_socket.is_some() {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AgentSettings::ms(s.settings.timers.cdr_poll_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let s2 = s.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = collect_link_events(&s2) {
+                        tracing::debug!(error = %e, "link events not collected this time");
+                    }
+                })
+                .await;
+            }
+        });
+    }
     if shared.settings.relay_socket.is_some() {
         tokio::spawn(async move {
             let mut tick =
@@ -243,5 +260,73 @@ fn collect_cdrs(shared: &Shared, dedup: &mut CdrDedup) -> Result<(), String> {
         // The next `records` query acknowledges these to the relay, which then forgets them.
         let _ = relay_query(socket, &json!({"op": "records", "after": cursor.seq}));
     }
+    Ok(())
+}
+
+/// Failovers and failbacks from the link monitor's event history become events. The cursor
+/// (the decision time of the last one spooled) is written with them under the spool's lock,
+/// as for call records, so a crash neither loses nor repeats one.
+fn collect_link_events(shared: &Shared) -> Result<(), String> {
+    let Some(socket) = &shared.settings.linkmon_socket else {
+        return Ok(());
+    };
+    let path = shared.settings.state_dir.join("linkmon-cursor.json");
+    let cursor: f64 = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(0.0);
+    let events = linkmon_events(socket).map_err(|e| e.to_string())?;
+    let mut last = cursor;
+    let mut bodies = Vec::new();
+    for e in &events {
+        let decided = e["decided_ms"].as_f64().unwrap_or(0.0);
+        if e["event"] != "switch" || decided <= cursor {
+            continue;
+        }
+        last = last.max(decided);
+        let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+        let kind = match e["kind"].as_str() {
+            Some("failover") => {
+                let switched = e["switched_ms"].as_f64().unwrap_or(decided);
+                let seen = e["fault_seen_ms"].as_f64().unwrap_or(decided);
+                EventKind::Failover {
+                    from: text("from"),
+                    to: text("to"),
+                    reason: text("reason"),
+                    switch_us: ((switched - seen).max(0.0) * 1000.0) as u64,
+                }
+            }
+            Some("failback") => EventKind::Failback {
+                from: text("from"),
+                to: text("to"),
+            },
+            _ => continue,
+        };
+        let body = RecordBody::Event(pop_agent_proto::Event {
+            at_unix_ms: decided as u64,
+            kind,
+        });
+        bodies.push(postcard::to_allocvec(&body).map_err(|e| e.to_string())?);
+    }
+    if last <= cursor {
+        return Ok(());
+    }
+    let cursor_bytes = serde_json::to_vec(&last).map_err(|e| e.to_string())?;
+    shared.outbox.with(|spool| -> Result<(), String> {
+        let now = crate::identity::unix_now_ms();
+        let batch: Vec<pop_spool::NewRecord<'_>> = bodies
+            .iter()
+            .map(|b| pop_spool::NewRecord {
+                class: pop_agent_proto::RecordClass::Event,
+                created_unix_ms: now,
+                body: b,
+            })
+            .collect();
+        if !batch.is_empty() {
+            spool.append_batch(&batch).map_err(|e| e.to_string())?;
+        }
+        write_atomic(&path, &cursor_bytes).map_err(|e| e.to_string())
+    })?;
+    shared.outbox.appended.notify_one();
     Ok(())
 }

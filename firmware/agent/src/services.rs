@@ -188,3 +188,22 @@ pub fn linkmon_status(path: &Path) -> std::io::Result<Value> {
     serde_json::from_str(&reply)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
+
+/// `events` on the link monitor's socket: one JSON object per line, oldest first.
+pub fn linkmon_events(path: &Path) -> std::io::Result<Vec<Value>> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(QUERY_TIMEOUT))?;
+    stream.write_all(b"events\n")?;
+    let mut out = Vec::new();
+    for line in BufReader::new(stream).take(16 << 20).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(&line)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+        );
+    }
+    Ok(out)
+}
