@@ -183,7 +183,7 @@ fn relay_notifies_systemd_and_beats_for_the_hardware_watchdog() {
 #[test]
 fn shipped_image_configurations_validate() {
     let image = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/etc/popd");
-    for service in ["relay", "linkmon", "watchdog"] {
+    for service in ["relay", "linkmon", "watchdog", "agent"] {
         let file = image.join(format!("{service}.toml"));
         let out = popd(&[
             service,
