@@ -349,7 +349,10 @@ async fn session(
                 conn.send(&msg).await?;
             }
             () = appended.notified() => {}
-            _ = poll.tick() => conn.tick().await?,
+            _ = poll.tick() => {
+                conn.flush_acks(&shared.outbox)?;
+                conn.tick().await?;
+            }
         }
     }
 }

@@ -38,7 +38,16 @@ pub struct Connection<S> {
     pub last_sent: u64,
     /// Highest id the control plane acknowledged.
     pub acked: u64,
+    /// Highest acknowledgement handed to the spool (which deletes and persists its watermark).
+    spool_acked: u64,
 }
+
+/// Acknowledgements are handed to the spool in steps of at least this many records (or when
+/// nothing else is in flight, or on the poll tick): each hand-over persists the spool's
+/// watermark with an fsync, and the control plane acknowledges every record. Losing a few
+/// unpersisted acknowledgements in a crash only means re-sending records the control plane
+/// drops as duplicates.
+const ACK_PERSIST_STEP: u64 = 128;
 
 impl<S> std::fmt::Debug for Connection<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,6 +92,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             liveness: Liveness::new(Instant::now(), Duration::from_secs(10)),
             last_sent: 0,
             acked: 0,
+            spool_acked: 0,
         }
     }
 
@@ -151,6 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 );
                 self.acked = acked_up_to;
                 self.last_sent = acked_up_to;
+                self.spool_acked = 0;
                 Ok(acked_up_to)
             }
             Downlink::Refused { reason } => Err(AgentError::Refused(reason)),
@@ -176,6 +187,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if batch.is_empty() {
                 return Ok(sent);
             }
+            // One write (one TLS record, one syscall) per batch rather than per record.
+            let mut frames = Vec::with_capacity(batch.len() * 128);
             for stored in batch {
                 self.last_sent = stored.id;
                 let body: RecordBody = match postcard::from_bytes(&stored.body) {
@@ -187,14 +200,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         continue;
                     }
                 };
-                self.send(&Uplink::Record(Record {
+                let frame = encode_frame(&Uplink::Record(Record {
                     id: stored.id,
                     created_unix_ms: stored.created_unix_ms,
                     body,
                 }))
-                .await?;
+                .map_err(|e| AgentError::Protocol(e.to_string()))?;
+                frames.extend_from_slice(&frame);
                 sent += 1;
             }
+            self.stream
+                .write_all(&frames)
+                .await
+                .map_err(|e| AgentError::Io {
+                    path: "control plane connection".into(),
+                    source: e,
+                })?;
         }
     }
 
@@ -202,7 +223,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn acknowledged(&mut self, outbox: &Outbox, up_to: u64) -> Result<(), AgentError> {
         if up_to > self.acked {
             self.acked = up_to;
+        }
+        if self.acked >= self.spool_acked + ACK_PERSIST_STEP || self.acked >= self.last_sent {
+            self.flush_acks(outbox)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the latest acknowledgement to the spool if it has not seen it yet.
+    pub fn flush_acks(&mut self, outbox: &Outbox) -> Result<(), AgentError> {
+        if self.acked > self.spool_acked {
+            let up_to = self.acked;
             outbox.with(|s| s.ack_up_to(up_to))?;
+            self.spool_acked = up_to;
         }
         Ok(())
     }

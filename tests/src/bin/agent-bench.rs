@@ -226,11 +226,23 @@ fn main() -> Result<()> {
         steady as f64 / 1024.0
     );
 
-    // 3. Reconnect after the control plane returns, with the production backoff.
+    // 3. Reconnect after the control plane returns, with the production backoff. The agent is
+    //    restarted before each outage so every trial starts from a fresh backoff (back-to-back
+    //    outages without a stable minute between them deliberately push the ceiling up).
     let listen = cp.listen;
     let mut cp = Some(cp);
+    let mut agent = Some(agent);
     let mut times = Vec::new();
     for n in 0..outages {
+        if let Some(a) = agent.take() {
+            a.stop()?;
+        }
+        agent = Some(app.start_agent(&test, &format!("agent-{n}"))?);
+        if let Some(c) = cp.as_ref() {
+            if !c.admin()?.wait_connected(&app.device, Duration::from_secs(30))? {
+                bail!("the agent did not connect");
+            }
+        }
         if let Some(c) = cp.take() {
             c.child.kill()?;
         }

@@ -1,16 +1,111 @@
 //! The watchable failover: one call, a live line per second, carrier loss on the primary, the
 //! failover event with its timestamps and the media gap, recovery, the failback after the
 //! hold-down. Under a minute; `scripts/demo-failover` runs it.
+//!
+//! The control plane watches it all: `pop-cp` serves in the core, the appliance enrols with
+//! `popctl enroll` and runs `popd agent`, which connects over mTLS through the active uplink.
+//! The demo pushes a config and reads the new limit back from the relay, then shows the
+//! failover and failback events the agent reported (and that its session survived them), and
+//! at the end the call's record, with its parties pseudonymised, and the records stored by kind.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pop_agent_proto::{ConfigOutcome, EventKind};
+use pop_controlplane::admin::DeviceStatus;
 use pop_rig::{BfdTimers, Fault, MonoTime, Rig, RigOptions, Uplink, Upstream};
 
+use super::agent::{
+    cdr_mentions, config_document, control_plane_addr, describe_switch, first_cdr, kinds, last_id,
+    short_hex, switch_event, ControlPlaneSide, DEVICE_ID, SERVER_NAME,
+};
 use super::error::{BenchError, Result};
 use super::media::{Direction, MediaRun, StreamTotals};
-use super::services::{create_call, ms, wait_until, LinkmonTuning, Services};
+use super::services::{
+    create_call, end_call_naming_parties, ms, wait_until, LinkmonTuning, Services,
+};
 use super::trial::{Monitor, Trials};
+
+/// The relay session limit the demo's config push sets (the relay starts with its default).
+const PUSHED_MAX_SESSIONS: u32 = 500;
+/// The call's parties as the SIP proxy would name them in the NG `metadata`.
+const CALLER: &str = "+15551230001";
+/// See [`CALLER`].
+const CALLEE: &str = "+15551230002";
+/// How long the control plane may take to show something the agent reports.
+const CP_LIMIT: Duration = Duration::from_secs(10);
+/// How often the demo asks the control plane while waiting.
+const CP_POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs `each` every 20 ms and `poll` every [`CP_POLL_EVERY`] until `poll` returns a value or
+/// `limit` passes.
+fn poll_until<T>(
+    limit: Duration,
+    mut each: impl FnMut(),
+    mut poll: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let t0 = Instant::now();
+    let mut last_poll: Option<Instant> = None;
+    loop {
+        each();
+        if last_poll.is_none_or(|p| p.elapsed() >= CP_POLL_EVERY) {
+            last_poll = Some(Instant::now());
+            if let Some(v) = poll() {
+                return Some(v);
+            }
+        }
+        if t0.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for the agent's failover (`failover`) or failback event at the control plane and
+/// prints it with whether the agent's session stayed up; `true` if both hold.
+fn report_switch_event(
+    cp: &mut ControlPlaneSide,
+    failover: bool,
+    after_id: u64,
+    session: &DeviceStatus,
+    mut each: impl FnMut(),
+) -> bool {
+    let what = if failover { "failover" } else { "failback" };
+    let event: Option<EventKind> = poll_until(CP_LIMIT, &mut each, || {
+        cp.records()
+            .ok()
+            .and_then(|r| switch_event(&r, failover, after_id).cloned())
+    });
+    let Some(event) = event else {
+        println!(
+            "control plane: NO {what} event from {DEVICE_ID} within {} s",
+            CP_LIMIT.as_secs()
+        );
+        return false;
+    };
+    // Stayed up: still connected from the same peer address and port, with no new Hello since
+    // the session started (a reconnect would also show `connected`, but from a new port and
+    // with a new Hello). Connection counters would not do: the agent's health checks open TCP
+    // connections to the control plane too.
+    let now = cp.device().ok().flatten();
+    let stayed = now.as_ref().is_some_and(|d| {
+        d.connected && d.peer == session.peer && d.last_hello_unix_ms == session.last_hello_unix_ms
+    });
+    println!(
+        "control plane: event from {DEVICE_ID}: {}; agent session {}",
+        describe_switch(&event),
+        if stayed {
+            "stayed up (same mTLS connection)".to_owned()
+        } else {
+            format!(
+                "DID NOT stay up (was {:?}, now {:?})",
+                session.peer,
+                now.map(|d| (d.connected, d.peer))
+            )
+        }
+    );
+    stayed
+}
 
 struct Ticker {
     start: Instant,
@@ -78,7 +173,18 @@ pub fn run_demo(popd: &Path) -> Result<bool> {
         t_build.elapsed().as_millis()
     );
     let tuning = LinkmonTuning::BENCH;
-    let mut services = Services::start(&rig, popd, Some(tuning))?;
+    let plan = *rig.plan();
+    let mut services = Services::start_with_control_socket(&rig, popd, Some(tuning))?;
+    let relay_socket = services
+        .relay_socket
+        .clone()
+        .ok_or_else(|| BenchError::Usage("the relay has no control socket".into()))?;
+    let mut cp = ControlPlaneSide::start(&rig, popd, &relay_socket, &services.linkmon_socket)?;
+    println!(
+        "control plane: pop-cp serving agents on {} in the core (its own CA; server certificate \
+         for {SERVER_NAME})",
+        control_plane_addr(&plan)
+    );
     let call = create_call(&rig)?;
     println!(
         "call up over NG: core peer → relay {} ; local endpoint → relay {}; 50 packets/s each way",
@@ -111,9 +217,80 @@ pub fn run_demo(popd: &Path) -> Result<bool> {
             logs: rig.run_dir().display().to_string(),
         });
     }
+    let on_primary = Instant::now();
+
+    // Enrolment needs the route to the core that linkmon installs: done once it is stable.
+    let enrolled = cp.enroll_and_start_agent(&rig)?;
+    let device = poll_until(
+        Duration::from_secs(20),
+        || ticker.tick(&t),
+        || cp.device().ok().flatten().filter(|d| d.connected),
+    );
+    let Some(device) = device else {
+        return Err(BenchError::Timeout {
+            what: format!("{DEVICE_ID} connected to the control plane"),
+            limit_ms: 20_000,
+            logs: rig.run_dir().display().to_string(),
+        });
+    };
+    // The server offers TLS 1.3 only and requires a client certificate from its CA
+    // (controlplane/src/server.rs): a session at all means mTLS over TLS 1.3.
+    println!(
+        "control plane: {DEVICE_ID} enrolled and connected over mTLS (TLS 1.3) from {} — \
+         certificate serial {} (popctl: {enrolled})",
+        device.peer.as_deref().unwrap_or("?"),
+        device.cert_serial.as_deref().unwrap_or("?"),
+    );
+
+    let document = config_document(1, PUSHED_MAX_SESSIONS, control_plane_addr(&plan));
+    let sent = cp.push_config(1, &document)?;
+    println!(
+        "control plane: config v1 pushed{} (relay.max_sessions = {PUSHED_MAX_SESSIONS}); the agent \
+         applies it and watches health for 3 s",
+        if sent { "" } else { " (queued)" }
+    );
+    let result = poll_until(
+        CP_LIMIT,
+        || ticker.tick(&t),
+        || cp.config_result(1).ok().flatten(),
+    );
+    let config_ok = match result {
+        Some(r) if r.outcome == ConfigOutcome::Applied => {
+            let status = t.services.relay_status()?;
+            let limit = status["limits"]["max_sessions"].as_u64();
+            if limit == Some(u64::from(PUSHED_MAX_SESSIONS)) {
+                println!(
+                    "control plane: config v1 applied; relay limit now {PUSHED_MAX_SESSIONS} \
+                     (read back from the relay's control socket)"
+                );
+                true
+            } else {
+                println!(
+                    "control plane: config v1 reported applied but the relay's limit is {limit:?}"
+                );
+                false
+            }
+        }
+        Some(r) => {
+            println!("control plane: config v1 NOT applied: {:?}", r.outcome);
+            false
+        }
+        None => {
+            println!(
+                "control plane: NO result for config v1 within {} s",
+                CP_LIMIT.as_secs()
+            );
+            false
+        }
+    };
     // Three seconds on the primary: the kernel reports a carrier change late right after other
     // link changes (building the rig), which is not what the demo is about.
-    ticker.run_for(&t, Duration::from_secs(3));
+    ticker.run_for(
+        &t,
+        Duration::from_secs(3).saturating_sub(on_primary.elapsed()),
+    );
+
+    let before_id = last_id(&cp.records()?);
 
     let fault = Fault::CarrierLoss(Uplink::One);
     let before = t.app_switches()?.len();
@@ -183,6 +360,8 @@ pub fn run_demo(popd: &Path) -> Result<bool> {
         );
     }
 
+    let failover_seen = report_switch_event(&mut cp, true, before_id, &device, || ticker.tick(&t));
+
     let rec = rig.recover(fault)?;
     println!(
         ">>> up1 carrier restored; linkmon waits for the {} ms hold-down before failing back",
@@ -207,21 +386,83 @@ pub fn run_demo(popd: &Path) -> Result<bool> {
         ),
         None => println!(">>> NO failback"),
     }
+    let failback_seen = report_switch_event(&mut cp, false, before_id, &device, || ticker.tick(&t));
     ticker.run_for(&t, Duration::from_secs(2));
     let flowing = Direction::ALL
         .into_iter()
         .all(|d| t.media.flowing(d, 5, Duration::from_millis(100)));
     t.services.check_alive()?;
+    cp.check_alive()?;
+
+    let before_cdr = last_id(&cp.records()?);
+    end_call_naming_parties(&rig, CALLER, CALLEE)?;
+    println!(
+        "call deleted over NG (its parties {CALLER} → {CALLEE} named in the NG metadata, as a \
+         SIP proxy does)"
+    );
+    let cdr = poll_until(
+        CP_LIMIT,
+        || {},
+        || {
+            cp.records()
+                .ok()
+                .and_then(|r| first_cdr(&r, before_cdr).cloned())
+        },
+    );
+    let cdr_ok = match cdr {
+        Some(c) => {
+            let hidden = [CALLER, CALLEE]
+                .iter()
+                .all(|n| !cdr_mentions(&c, n) && !cdr_mentions(&c, n.trim_start_matches('+')));
+            let named = c.caller.is_some() && c.callee.is_some();
+            println!(
+                "control plane: CDR arrived: {} packets, ended {:?}, caller {}…, callee {}… — {}",
+                c.packets,
+                c.end_reason,
+                c.caller.as_ref().map_or("none".into(), short_hex),
+                c.callee.as_ref().map_or("none".into(), short_hex),
+                if named && hidden {
+                    "parties pseudonymised (keyed hashes; neither number appears in the record)"
+                } else if named {
+                    "A NUMBER APPEARS IN THE RECORD"
+                } else {
+                    "PARTIES MISSING"
+                }
+            );
+            named && hidden && c.end_reason == "deleted"
+        }
+        None => {
+            println!(
+                "control plane: NO CDR within {} s of the delete",
+                CP_LIMIT.as_secs()
+            );
+            false
+        }
+    };
+    let k = kinds(&cp.records()?);
+    println!(
+        "control plane stored for {DEVICE_ID}: {} telemetry, {} events, {} CDRs, {} audit records",
+        k.telemetry, k.events, k.cdrs, k.audit
+    );
     drop(media);
     drop(services);
+    drop(cp);
     let t_down = Instant::now();
     rig.teardown()?;
     println!("rig torn down in {} ms", t_down.elapsed().as_millis());
-    let ok = failover.is_some() && resumed && failback.is_some() && flowing;
+    let ok = failover.is_some()
+        && resumed
+        && failback.is_some()
+        && flowing
+        && config_ok
+        && failover_seen
+        && failback_seen
+        && cdr_ok;
     println!(
         "{}",
         if ok {
-            "demo OK: media resumed after the failover and after the failback"
+            "demo OK: media resumed after the failover and after the failback; the control plane \
+             applied the config and received both events and the CDR"
         } else {
             "demo FAILED: see above"
         }

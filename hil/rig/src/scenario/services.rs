@@ -15,7 +15,7 @@ use pop_rig::{AddressPlan, MonoTime, NsProcess, Rig, Role, Uplink};
 
 use super::error::{BenchError, Result};
 use super::media::CallEndpoints;
-use super::ng::Ng;
+use super::ng::{endpoint_sdp, Ben, Ng};
 
 /// NG control address of the relay, on the appliance's loopback.
 pub const NG_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2223);
@@ -220,6 +220,8 @@ pub struct Services {
     pub linkmon: Option<NsProcess>,
     /// linkmon's status socket.
     pub linkmon_socket: PathBuf,
+    /// The relay's control socket (`--control-socket`), when started with one.
+    pub relay_socket: Option<PathBuf>,
     echo_stop: Arc<AtomicBool>,
     echo: Option<JoinHandle<()>>,
 }
@@ -236,6 +238,25 @@ impl Drop for Services {
 impl Services {
     /// Starts the echo responder, `popd relay` and (with `linkmon`) `popd linkmon`.
     pub fn start(rig: &Rig, popd: &Path, linkmon: Option<LinkmonTuning>) -> Result<Services> {
+        Self::start_inner(rig, popd, linkmon, false)
+    }
+
+    /// [`Services::start`] with the relay's control socket at `<run dir>/relay.sock`, where
+    /// `popd agent` reads status and call records and applies pushed limits.
+    pub fn start_with_control_socket(
+        rig: &Rig,
+        popd: &Path,
+        linkmon: Option<LinkmonTuning>,
+    ) -> Result<Services> {
+        Self::start_inner(rig, popd, linkmon, true)
+    }
+
+    fn start_inner(
+        rig: &Rig,
+        popd: &Path,
+        linkmon: Option<LinkmonTuning>,
+        control_socket: bool,
+    ) -> Result<Services> {
         if !popd.is_file() {
             return Err(BenchError::MissingBinary(popd.to_owned()));
         }
@@ -257,31 +278,38 @@ impl Services {
             })
             .map_err(|e| BenchError::io("spawning the echo responder", e))?;
         let popd_s = popd.display().to_string();
-        let relay = rig.spawn(
-            Role::App,
-            &popd_s,
-            &[
-                "relay",
-                "--ng-listen",
-                &NG_ADDR.to_string(),
-                "--media-address",
-                &plan.service.to_string(),
-                "--port-min",
-                "30000",
-                "--port-max",
-                "30999",
-                "--workers",
-                "1",
-                "--no-media-timeout",
-                "3600",
-            ],
+        let relay_socket = control_socket.then(|| rig.run_dir().join("relay.sock"));
+        let relay_socket_s = relay_socket
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let ng_s = NG_ADDR.to_string();
+        let service_s = plan.service.to_string();
+        let mut relay_args = vec![
             "relay",
-        )?;
+            "--ng-listen",
+            &ng_s,
+            "--media-address",
+            &service_s,
+            "--port-min",
+            "30000",
+            "--port-max",
+            "30999",
+            "--workers",
+            "1",
+            "--no-media-timeout",
+            "3600",
+        ];
+        if relay_socket.is_some() {
+            relay_args.extend(["--control-socket", relay_socket_s.as_str()]);
+        }
+        let relay = rig.spawn(Role::App, &popd_s, &relay_args, "relay")?;
         let linkmon_socket = rig.run_dir().join("linkmon.sock");
         let mut services = Services {
             relay,
             linkmon: None,
             linkmon_socket,
+            relay_socket,
             echo_stop,
             echo: Some(echo),
         };
@@ -321,6 +349,38 @@ impl Services {
             })
     }
 
+    /// The relay's `status` object from its control socket (one JSON line each way; see
+    /// `firmware/relay/src/control.rs`).
+    pub fn relay_status(&self) -> Result<serde_json::Value> {
+        let Some(socket) = &self.relay_socket else {
+            return Err(BenchError::Usage(
+                "the relay was started without a control socket".into(),
+            ));
+        };
+        let what = |e| BenchError::io(format!("querying the relay at {}", socket.display()), e);
+        let mut s = UnixStream::connect(socket).map_err(what)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(what)?;
+        s.write_all(b"{\"op\":\"status\"}\n").map_err(what)?;
+        let mut line = String::new();
+        // Bounded: a status line is a few hundred bytes.
+        BufReader::new(std::io::Read::take(s, 1 << 20))
+            .read_line(&mut line)
+            .map_err(what)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| BenchError::Protocol {
+                service: "popd relay",
+                detail: format!("control socket status is not JSON ({e}): {line}"),
+            })?;
+        if v["ok"] != true {
+            return Err(BenchError::Protocol {
+                service: "popd relay",
+                detail: format!("control socket status refused: {line}"),
+            });
+        }
+        Ok(v)
+    }
+
     /// Fails if the relay or linkmon has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         let mut procs: Vec<(&'static str, &mut NsProcess)> = vec![("popd relay", &mut self.relay)];
@@ -351,7 +411,7 @@ pub fn create_call(rig: &Rig) -> Result<CallEndpoints> {
     let local_addr = SocketAddrV4::new(plan.service, LOCAL_PORT);
     let core_peer = rig.udp_socket(Role::Core, plan.core_media, CORE_PEER_PORT)?;
     let local = rig.udp_socket(Role::App, plan.service, LOCAL_PORT)?;
-    let call_id = format!("failover-bench-{}", std::process::id());
+    let call_id = bench_call_id();
     let (core_sends_to, local_sends_to) = ng.call(&call_id, core_addr, local_addr)?;
     Ok(CallEndpoints {
         core_peer,
@@ -359,4 +419,60 @@ pub fn create_call(rig: &Rig) -> Result<CallEndpoints> {
         core_sends_to,
         local_sends_to,
     })
+}
+
+/// The Call-ID of the call [`create_call`] makes (one per process).
+pub fn bench_call_id() -> String {
+    format!("failover-bench-{}", std::process::id())
+}
+
+/// Ends the call [`create_call`] made, naming its parties first: the local endpoint repeats
+/// its answer (same SDP, as in a re-INVITE) carrying rtpengine's `metadata`
+/// `from:<caller>|to:<callee>`, which is where the relay's call record takes the parties from,
+/// then a `delete` with no delete delay closes it at once, so the call record is written now.
+pub fn end_call_naming_parties(rig: &Rig, caller: &str, callee: &str) -> Result<()> {
+    let plan = *rig.plan();
+    let mut ng = rig.in_ns(Role::App, || Ng::connect(SocketAddr::V4(NG_ADDR)))??;
+    let call_id = bench_call_id();
+    let local_addr = SocketAddrV4::new(plan.service, LOCAL_PORT);
+    let answer_sdp = endpoint_sdp(local_addr, 2);
+    let metadata = format!("from:{caller}|to:{callee}");
+    let answer = Ben::str_dict(&[
+        ("command", "answer"),
+        ("call-id", &call_id),
+        ("from-tag", "caller"),
+        ("to-tag", "callee"),
+        ("sdp", &answer_sdp),
+        ("metadata", &metadata),
+    ]);
+    ng_ok(&mut ng, "answer with party metadata", &answer)?;
+    let mut delete = Ben::str_dict(&[
+        ("command", "delete"),
+        ("call-id", &call_id),
+        ("from-tag", "caller"),
+    ]);
+    if let Ben::Dict(d) = &mut delete {
+        // Explicit: the relay's default delay could keep the call (and its record) back.
+        d.push((b"delete-delay".to_vec(), Ben::Int(0)));
+        d.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    ng_ok(&mut ng, "delete", &delete)
+}
+
+/// Sends `body` and fails unless the relay answers `result: ok`.
+fn ng_ok(ng: &mut Ng, what: &str, body: &Ben) -> Result<()> {
+    let reply = ng.request_with(body, 10)?;
+    match reply.get("result").and_then(Ben::as_str) {
+        Some("ok") => Ok(()),
+        other => Err(BenchError::Protocol {
+            service: "popd relay",
+            detail: format!(
+                "{what} answered {other:?}: {}",
+                reply
+                    .get("error-reason")
+                    .and_then(Ben::as_str)
+                    .unwrap_or("no reason given")
+            ),
+        }),
+    }
 }
