@@ -275,3 +275,77 @@ fn control_plane_down_then_back_every_record_arrives_exactly_once() {
         .count();
     assert_eq!(enroll_audits, 1, "the enrollment audited exactly once");
 }
+
+#[test]
+fn rotate_certificate_moves_to_a_new_key_and_reconnects_with_it() {
+    let b = enrolled("agent-e2e-rotate", "pop-e2e-03");
+    let device = b.app.device.clone();
+    let agent = b.app.start_agent(&b.test, "agent").expect("agent starts");
+    let mut admin = b.cp.admin().expect("admin");
+    assert!(admin
+        .wait_connected(&device, Duration::from_secs(20))
+        .expect("wait"));
+    let serial_of = |admin: &mut pop_controlplane::admin::AdminClient| {
+        admin
+            .devices()
+            .expect("devices")
+            .devices
+            .into_iter()
+            .find(|d| d.device == device && d.connected)
+            .and_then(|d| d.cert_serial)
+    };
+    let before = serial_of(&mut admin).expect("serial of the enrolled certificate");
+    let pem_before = std::fs::read(b.app.state_dir.join("device.pem")).expect("device.pem");
+
+    let reply = admin
+        .command(&device, Command::RotateCertificate)
+        .expect("command");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let outcome = loop {
+        let results = admin.command_results(&device).expect("results");
+        if let Some(r) = results.results.iter().find(|r| r.id == reply.id) {
+            break r.outcome.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation result:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        matches!(outcome, CommandOutcome::Rotated { .. }),
+        "{outcome:?}"
+    );
+    // The agent reconnects at once, presenting the new certificate.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        if let Some(s) = serial_of(&mut admin).filter(|s| *s != before) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reconnected with a new certificate:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(after, before);
+    assert_ne!(
+        std::fs::read(b.app.state_dir.join("device.pem")).expect("pem"),
+        pem_before
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.app.state_dir.join("device-key.label"))
+            .expect("label")
+            .trim(),
+        "device-identity-2",
+        "a new key in the keystore"
+    );
+    b.cp
+        .wait_records(&device, Duration::from_secs(20), "the renewal event and audit", |rs| {
+            rs.iter().any(|r| matches!(&r.body, RecordBody::Event(e) if matches!(e.kind, EventKind::CertificateRenewed { .. })))
+                && rs.iter().any(|r| matches!(&r.body, RecordBody::Audit(a) if a.action == "certificate-renewed"))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
