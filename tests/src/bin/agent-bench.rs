@@ -239,7 +239,10 @@ fn main() -> Result<()> {
         }
         agent = Some(app.start_agent(&test, &format!("agent-{n}"))?);
         if let Some(c) = cp.as_ref() {
-            if !c.admin()?.wait_connected(&app.device, Duration::from_secs(30))? {
+            if !c
+                .admin()?
+                .wait_connected(&app.device, Duration::from_secs(30))?
+            {
                 bail!("the agent did not connect");
             }
         }
