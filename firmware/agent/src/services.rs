@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub relay_limits: Option<Value>,
     /// Whether our nftables table existed.
     pub firewall_present: bool,
+    /// The link monitor's selector tuning as its status reported it.
+    pub linkmon_tuning: Option<Value>,
 }
 
 /// Configuration hand-off and health.
@@ -74,9 +76,15 @@ impl Services for SystemServices {
             .firewall
             .as_ref()
             .is_some_and(|nft| matches!(nft.current(), Ok(Some(_))));
+        let linkmon_tuning = self
+            .linkmon_socket
+            .as_deref()
+            .and_then(|p| linkmon_status(p).ok())
+            .and_then(|s| s.get("tuning").cloned());
         Snapshot {
             relay_limits,
             firewall_present,
+            linkmon_tuning,
         }
     }
 
@@ -91,6 +99,13 @@ impl Services for SystemServices {
             });
             relay_apply(path, limits)?;
         }
+        if let Some(path) = &self.linkmon_socket {
+            let tuning = serde_json::to_value(&cfg.linkmon).map_err(|e| PartError {
+                field: "linkmon".into(),
+                reason: e.to_string(),
+            })?;
+            linkmon_apply(path, &tuning)?;
+        }
         if let Some(nft) = &self.firewall {
             let script = pop_firewall::render(&cfg.firewall);
             nft.apply(&script).map_err(|e| PartError {
@@ -104,6 +119,9 @@ impl Services for SystemServices {
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), PartError> {
         if let (Some(path), Some(limits)) = (&self.relay_socket, &snapshot.relay_limits) {
             relay_apply(path, limits.clone())?;
+        }
+        if let (Some(path), Some(tuning)) = (&self.linkmon_socket, &snapshot.linkmon_tuning) {
+            linkmon_apply(path, tuning)?;
         }
         if let Some(nft) = &self.firewall {
             if !snapshot.firewall_present {
@@ -162,6 +180,33 @@ fn relay_apply(path: &Path, limits: Value) -> Result<(), PartError> {
     })
 }
 
+/// `apply <json>` on the link monitor's status socket.
+fn linkmon_apply(path: &Path, tuning: &Value) -> Result<(), PartError> {
+    let refused = |reason: String| PartError {
+        field: "linkmon".into(),
+        reason,
+    };
+    let mut stream =
+        UnixStream::connect(path).map_err(|e| refused(format!("status socket: {e}")))?;
+    let _ = stream.set_read_timeout(Some(QUERY_TIMEOUT));
+    stream
+        .write_all(format!("apply {tuning}\n").as_bytes())
+        .map_err(|e| refused(format!("status socket: {e}")))?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .take(1 << 16)
+        .read_line(&mut reply)
+        .map_err(|e| refused(format!("status socket: {e}")))?;
+    let v: Value = serde_json::from_str(&reply).map_err(|e| refused(format!("bad reply: {e}")))?;
+    if v["ok"] == true {
+        Ok(())
+    } else {
+        Err(refused(
+            v["reason"].as_str().unwrap_or("refused").to_owned(),
+        ))
+    }
+}
+
 /// One request on the relay's control socket.
 pub fn relay_query(path: &Path, request: &Value) -> std::io::Result<Value> {
     let mut stream = UnixStream::connect(path)?;
@@ -206,4 +251,52 @@ pub fn linkmon_events(path: &Path) -> std::io::Result<Vec<Value>> {
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The linkmon part travels as JSON into linkmon's `[selector]` schema (which refuses
+    /// unknown fields): the names must match exactly.
+    #[test]
+    fn linkmon_part_uses_the_selector_field_names() {
+        let cfg = pop_config::parse(
+            "version = 1\n[firewall]\ncontrol_plane = [\"192.0.2.1:7443\"]\n\
+             management_networks = [\"192.0.2.0/24\"]\n",
+        )
+        .expect("valid");
+        let v = serde_json::to_value(&cfg.linkmon).expect("json");
+        let mut keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "damping",
+                "hold_down_ms",
+                "probe_miss_threshold",
+                "probe_recover_threshold"
+            ]
+        );
+        let mut damping: Vec<&str> = v["damping"]
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        damping.sort_unstable();
+        assert_eq!(
+            damping,
+            [
+                "half_life_ms",
+                "max_penalty",
+                "penalty_per_failure",
+                "reuse_below",
+                "suppress_above"
+            ]
+        );
+    }
 }

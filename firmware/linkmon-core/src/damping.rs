@@ -87,6 +87,15 @@ impl FlapDamper {
         }
     }
 
+    /// Changes the parameters, keeping the penalty earned so far (decayed to `now` under the
+    /// old half-life) and re-judging suppression under the new thresholds at the next
+    /// `update`/`record_failure`.
+    pub fn set_config(&mut self, cfg: DampingConfig, now: Instant) {
+        self.penalty = self.penalty(now).min(cfg.max_penalty);
+        self.updated = now;
+        self.cfg = cfg;
+    }
+
     /// Penalty decayed to `now`.
     pub fn penalty(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();

@@ -26,7 +26,8 @@ pub use damping::{DampingConfig, FlapDamper};
 pub use error::LinkmonError;
 pub use selector::{
     Decision, FailureReason, HealthInput, ProbeOutcome, SelectorConfig, SelectorEvent,
-    SwitchReason, UplinkId, UplinkSelector, UplinkSpec, UplinkStatus, Verdict, MAX_UPLINKS,
+    SelectorTuning, SwitchReason, UplinkId, UplinkSelector, UplinkSpec, UplinkStatus, Verdict,
+    MAX_UPLINKS,
 };
 
 /// Re-exported wire types the session API uses, so drivers need not depend on `pop-wire`.

@@ -379,6 +379,19 @@ impl Uplink {
     }
 }
 
+/// The parameters of [`SelectorConfig`] that can change while the selector runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelectorTuning {
+    /// See [`SelectorConfig::probe_miss_threshold`].
+    pub probe_miss_threshold: u32,
+    /// See [`SelectorConfig::probe_recover_threshold`].
+    pub probe_recover_threshold: u32,
+    /// See [`SelectorConfig::hold_down`].
+    pub hold_down: Duration,
+    /// See [`SelectorConfig::damping`].
+    pub damping: DampingConfig,
+}
+
 /// The uplink decision state machine. Feed inputs and time; drain decisions and events.
 #[derive(Debug)]
 pub struct UplinkSelector {
@@ -410,6 +423,38 @@ impl UplinkSelector {
             decisions: VecDeque::new(),
             events: VecDeque::new(),
         })
+    }
+
+    /// Changes the decision parameters while running (a configuration push): probe
+    /// thresholds, hold-down and flap damping. Uplinks, their inputs and the active choice stay
+    /// as they are; the new values apply from the next input or timeout. Validated like a whole
+    /// configuration; on error nothing changes.
+    pub fn set_tuning(
+        &mut self,
+        tuning: &SelectorTuning,
+        now: Instant,
+    ) -> Result<(), LinkmonError> {
+        let mut candidate = self.cfg.clone();
+        candidate.probe_miss_threshold = tuning.probe_miss_threshold;
+        candidate.probe_recover_threshold = tuning.probe_recover_threshold;
+        candidate.hold_down = tuning.hold_down;
+        candidate.damping = tuning.damping;
+        candidate.validate()?;
+        for u in &mut self.uplinks {
+            u.damper.set_config(tuning.damping, now);
+        }
+        self.cfg = candidate;
+        Ok(())
+    }
+
+    /// The live-tunable parameters as they are now.
+    pub fn tuning(&self) -> SelectorTuning {
+        SelectorTuning {
+            probe_miss_threshold: self.cfg.probe_miss_threshold,
+            probe_recover_threshold: self.cfg.probe_recover_threshold,
+            hold_down: self.cfg.hold_down,
+            damping: self.cfg.damping,
+        }
     }
 
     /// The uplink carrying traffic, once chosen.

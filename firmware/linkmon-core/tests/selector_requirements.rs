@@ -452,3 +452,39 @@ fn bad_config_and_unknown_ids_are_refused() {
         )
         .is_err());
 }
+
+#[test]
+fn tuning_changes_while_running_keep_the_state_and_apply_from_the_next_input() {
+    let t0 = Instant::now();
+    let mut s = started(t0);
+    let before = s.tuning();
+    let mut bad = before;
+    bad.probe_miss_threshold = 0;
+    assert!(
+        s.set_tuning(&bad, t0).is_err(),
+        "validated like a whole config"
+    );
+    assert_eq!(s.tuning(), before, "nothing changed after a refusal");
+
+    // One miss is enough now, and the hold-down shrinks to 2 s.
+    let mut fast = before;
+    fast.probe_miss_threshold = 1;
+    fast.hold_down = Duration::from_secs(2);
+    let t1 = t0 + Duration::from_secs(1);
+    s.set_tuning(&fast, t1).unwrap();
+    assert_eq!(s.active(), Some(PRIMARY), "the choice is kept");
+    s.handle_input(t1, PRIMARY, probe(false)).unwrap();
+    let d = decisions(&mut s);
+    assert_eq!(d.len(), 1, "one miss fails over under the new threshold");
+    let t2 = t1 + Duration::from_secs(1);
+    s.handle_input(t2, PRIMARY, probe(true)).unwrap();
+    s.handle_input(t2, PRIMARY, probe(true)).unwrap();
+    s.handle_input(t2, PRIMARY, probe(true)).unwrap();
+    s.handle_timeout(t2 + Duration::from_secs(2));
+    let d = decisions(&mut s);
+    assert_eq!(d.len(), 1, "failback after the new 2 s hold-down: {d:?}");
+    assert_eq!(
+        switch(&d[0]),
+        (Some(BACKUP), PRIMARY, SwitchReason::Failback)
+    );
+}

@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pop_linkmon_core::{BfdConfig, DampingConfig, SelectorConfig, UplinkSpec, MAX_UPLINKS};
+use pop_linkmon_core::{
+    BfdConfig, DampingConfig, SelectorConfig, SelectorTuning, UplinkSpec, MAX_UPLINKS,
+};
 use serde::Deserialize;
 
 use crate::LinkmonError;
@@ -114,6 +116,41 @@ impl Default for SelectorFile {
             damping: DampingFile::default(),
         }
     }
+}
+
+impl SelectorFile {
+    /// The part the running selector can take without a restart.
+    pub fn tuning(&self) -> SelectorTuning {
+        SelectorTuning {
+            probe_miss_threshold: self.probe_miss_threshold,
+            probe_recover_threshold: self.probe_recover_threshold,
+            hold_down: Duration::from_millis(self.hold_down_ms),
+            damping: DampingConfig {
+                penalty_per_failure: self.damping.penalty_per_failure,
+                suppress_above: self.damping.suppress_above,
+                reuse_below: self.damping.reuse_below,
+                half_life: Duration::from_millis(self.damping.half_life_ms),
+                max_penalty: self.damping.max_penalty,
+            },
+        }
+    }
+}
+
+/// Parses and validates the JSON of a status-socket `apply` request: the `[selector]` fields
+/// (`probe_miss_threshold`, `probe_recover_threshold`, `hold_down_ms`, `damping`); a missing
+/// field takes its default, an unknown one is refused. The error names the field.
+pub fn parse_tuning(json: &str) -> Result<SelectorTuning, String> {
+    let file: SelectorFile = serde_json::from_str(json).map_err(|e| format!("selector: {e}"))?;
+    let tuning = file.tuning();
+    let check = SelectorConfig {
+        probe_miss_threshold: tuning.probe_miss_threshold,
+        probe_recover_threshold: tuning.probe_recover_threshold,
+        hold_down: tuning.hold_down,
+        damping: tuning.damping,
+        ..SelectorConfig::default()
+    };
+    check.validate().map_err(|e| e.to_string())?;
+    Ok(tuning)
 }
 
 /// Flap damping parameters.

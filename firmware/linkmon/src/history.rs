@@ -244,6 +244,37 @@ pub struct StatusReport {
     pub link_event_overruns: u64,
     /// Per uplink.
     pub uplinks: Vec<UplinkReport>,
+    /// Decision parameters in force (they change with `apply`).
+    pub tuning: TuningReport,
+}
+
+/// The selector's live-tunable parameters, as reported: the same shape `apply` takes, so a
+/// snapshot can be handed back verbatim.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TuningReport {
+    /// Consecutive probe misses that fail an uplink.
+    pub probe_miss_threshold: u32,
+    /// Consecutive replies that clear a probe failure.
+    pub probe_recover_threshold: u32,
+    /// Failback hold-down, ms.
+    pub hold_down_ms: u64,
+    /// Flap damping.
+    pub damping: DampingReport,
+}
+
+/// Flap damping parameters, as reported.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DampingReport {
+    /// Penalty added per failure.
+    pub penalty_per_failure: f64,
+    /// Suppressed above this penalty.
+    pub suppress_above: f64,
+    /// Reused below this penalty.
+    pub reuse_below: f64,
+    /// Penalty half-life, ms.
+    pub half_life_ms: u64,
+    /// Penalty ceiling.
+    pub max_penalty: f64,
 }
 
 #[cfg(test)]

@@ -360,6 +360,22 @@ impl Linkmon {
         for i in 0..self.uplinks.len() {
             self.service_probes(i, now)?;
         }
+        // A configuration push (validated by the status server).
+        let pending = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending_tuning
+            .take();
+        if let Some(t) = pending {
+            match self.selector.set_tuning(&t, now) {
+                Ok(()) => {
+                    tracing::info!(tuning = ?t, "selector tuning applied from the status socket");
+                    self.dirty = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "selector tuning refused"),
+            }
+        }
         // Decisions.
         if self.selector.poll_timeout().is_some_and(|t| t <= now) {
             self.selector.handle_timeout(now);
@@ -797,6 +813,22 @@ impl Linkmon {
             loop_iterations: self.iterations,
             link_event_overruns: self.link_events.overruns,
             uplinks,
+            tuning: {
+                let t = self.selector.tuning();
+                crate::history::TuningReport {
+                    probe_miss_threshold: t.probe_miss_threshold,
+                    probe_recover_threshold: t.probe_recover_threshold,
+                    hold_down_ms: u64::try_from(t.hold_down.as_millis()).unwrap_or(u64::MAX),
+                    damping: crate::history::DampingReport {
+                        penalty_per_failure: t.damping.penalty_per_failure,
+                        suppress_above: t.damping.suppress_above,
+                        reuse_below: t.damping.reuse_below,
+                        half_life_ms: u64::try_from(t.damping.half_life.as_millis())
+                            .unwrap_or(u64::MAX),
+                        max_penalty: t.damping.max_penalty,
+                    },
+                }
+            },
         };
         let events: Vec<LinkEvent> = self.history.entries().cloned().collect();
         let mut p = self.shared.lock().unwrap_or_else(PoisonError::into_inner);

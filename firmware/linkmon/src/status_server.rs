@@ -1,9 +1,12 @@
 //! The local status socket: a Unix stream socket served by its own thread from a snapshot the
 //! main loop publishes, so a slow or stuck client can never stall failover.
 //!
-//! Protocol: the client writes one line, `status` or `events`, and reads JSON lines until EOF:
-//! `status` → one [`StatusReport`] object; `events` → one [`LinkEvent`] object per line,
-//! oldest first.
+//! Protocol: the client writes one line, `status`, `events` or `apply <json>`, and reads JSON
+//! lines until EOF: `status` → one [`StatusReport`] object; `events` → one [`LinkEvent`] object
+//! per line, oldest first; `apply {"probe_miss_threshold":..,"hold_down_ms":..,..}` (the
+//! `[selector]` fields) → `{"ok":true}` once validated — the main loop takes the new tuning
+//! within one loop turn — or `{"ok":false,"reason":..}` naming the field. `popd agent` uses
+//! `apply` to hand linkmon its part of a configuration push.
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,6 +25,8 @@ pub struct Published {
     pub status: StatusReport,
     /// Event history, oldest first.
     pub events: Vec<LinkEvent>,
+    /// A validated tuning from `apply`, for the main loop to take.
+    pub pending_tuning: Option<pop_linkmon_core::SelectorTuning>,
 }
 
 /// Shared between the loop (writer) and the server thread (reader).
@@ -101,17 +106,27 @@ fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = String::new();
-    // At most one short line is read.
-    BufReader::new(std::io::Read::take(&stream, 256)).read_line(&mut line)?;
+    // At most one line, short enough for an `apply`.
+    BufReader::new(std::io::Read::take(&stream, 4096)).read_line(&mut line)?;
     let mut out = String::new();
     {
-        let p = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut p = shared.lock().unwrap_or_else(PoisonError::into_inner);
         match line.trim() {
             "status" => push_json(&mut out, &p.status),
             "events" => {
                 for e in &p.events {
                     push_json(&mut out, e);
                 }
+            }
+            apply if apply.starts_with("apply ") => {
+                let reply = match crate::config::parse_tuning(apply.trim_start_matches("apply ")) {
+                    Ok(t) => {
+                        p.pending_tuning = Some(t);
+                        serde_json::json!({"ok": true})
+                    }
+                    Err(reason) => serde_json::json!({"ok": false, "reason": reason}),
+                };
+                push_json(&mut out, &reply);
             }
             other => {
                 let msg = serde_json::json!({
@@ -165,6 +180,7 @@ mod tests {
             });
             p.events.push(LinkEvent::AllDownCleared { at_ms: 2.0 });
         }
+        let shared_for_test = shared.clone();
         let server = StatusServer::start(&path, shared).unwrap();
         let st = query(&path, "status").unwrap();
         assert_eq!(st.len(), 1);
@@ -177,6 +193,31 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("unknown request"));
+        // `apply`: a valid tuning is handed to the main loop, a bad one refused naming the field.
+        let ok = query(
+            &path,
+            r#"apply {"probe_miss_threshold":2,"hold_down_ms":4000}"#,
+        )
+        .unwrap();
+        assert_eq!(ok[0]["ok"], true, "{ok:?}");
+        let pending = shared_for_test.lock().unwrap().pending_tuning;
+        let pending = pending.expect("handed to the loop");
+        assert_eq!(pending.probe_miss_threshold, 2);
+        assert_eq!(pending.hold_down, Duration::from_millis(4000));
+        let bad = query(&path, r#"apply {"probe_miss_threshold":0}"#).unwrap();
+        assert_eq!(bad[0]["ok"], false);
+        assert!(
+            bad[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("probe_miss_threshold"),
+            "{bad:?}"
+        );
+        let unknown = query(&path, r#"apply {"hold_down":1}"#).unwrap();
+        assert!(
+            unknown[0]["reason"].as_str().unwrap().contains("hold_down"),
+            "{unknown:?}"
+        );
         drop(server);
         assert!(!path.exists(), "socket left behind");
     }
