@@ -218,6 +218,14 @@ fn sibling(popd: &Path, name: &str, package: &str) -> Result<PathBuf> {
     }
 }
 
+/// Fails, saying how to build them, unless `pop-cp` and `popctl` sit next to `popd`: checked
+/// before the rig is built so a missing binary costs nothing.
+pub fn require_binaries(popd: &Path) -> Result<()> {
+    sibling(popd, "pop-cp", "pop-controlplane")?;
+    sibling(popd, "popctl", "popctl")?;
+    Ok(())
+}
+
 fn path_str(p: &Path) -> String {
     p.display().to_string()
 }

@@ -17,7 +17,7 @@ use pop_rig::{BfdTimers, Fault, MonoTime, Rig, RigOptions, Uplink, Upstream};
 
 use super::agent::{
     cdr_mentions, config_document, control_plane_addr, describe_switch, first_cdr, kinds, last_id,
-    short_hex, switch_event, ControlPlaneSide, DEVICE_ID, SERVER_NAME,
+    require_binaries, short_hex, switch_event, ControlPlaneSide, DEVICE_ID, SERVER_NAME,
 };
 use super::error::{BenchError, Result};
 use super::media::{Direction, MediaRun, StreamTotals};
@@ -159,6 +159,7 @@ impl Ticker {
 
 /// Runs the demo; `Ok(true)` if media resumed both ways after the failover and the failback.
 pub fn run_demo(popd: &Path) -> Result<bool> {
+    require_binaries(popd)?;
     let t_build = Instant::now();
     let rig = Rig::build(RigOptions {
         upstream: Upstream::FrrBfd(BfdTimers::FAST_50X3),
