@@ -398,8 +398,8 @@ pub fn run_demo(popd: &Path) -> Result<bool> {
     let before_cdr = last_id(&cp.records()?);
     end_call_naming_parties(&rig, CALLER, CALLEE)?;
     println!(
-        "call deleted over NG (its parties {CALLER} → {CALLEE} named in the NG metadata, as a \
-         SIP proxy does)"
+        "call deleted over NG (its two parties named in the NG metadata, as a SIP proxy does; \
+         numbers are never printed)"
     );
     let cdr = poll_until(
         CP_LIMIT,
