@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(1)
         .ok_or("usage: write-fuzz-seeds DIR")?;
-    let up = vec![
+    let up = [
         Uplink::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             device_id: "pop-ams-01".into(),
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             csr_der: vec![0x30, 0x82, 1, 2],
         }),
     ];
-    let down = vec![
+    let down = [
         Downlink::Welcome {
             protocol_version: 1,
             server_unix_ms: 1,
