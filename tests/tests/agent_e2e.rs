@@ -40,6 +40,26 @@ fn wait_config_result(cp: &ControlPlane, device: &str, version: u64) -> ConfigOu
     }
 }
 
+/// Waits (bounded) for the result of command `id` and returns its outcome.
+fn wait_command_result(
+    admin: &mut pop_controlplane::admin::AdminClient,
+    device: &str,
+    id: u64,
+) -> CommandOutcome {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let results = admin.command_results(device).expect("results");
+        if let Some(r) = results.results.iter().find(|r| r.id == id) {
+            return r.outcome.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no result for command {id}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn bed(name: &str, device: &str) -> LoopbackBed {
     LoopbackBed::new(name, device).unwrap_or_else(|e| panic!("{e:#}"))
 }
@@ -166,15 +186,7 @@ fn enroll_connect_push_applies_to_the_relay_and_telemetry_and_events_arrive() {
             },
         )
         .expect("command");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let outcome = loop {
-        let results = admin.command_results(&device).expect("results");
-        if let Some(r) = results.results.iter().find(|r| r.id == reply.id) {
-            break r.outcome.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "no erase result");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let outcome = wait_command_result(&mut admin, &device, reply.id);
     assert!(
         matches!(outcome, CommandOutcome::Erased { .. }),
         "{outcome:?}"
@@ -189,20 +201,9 @@ fn enroll_connect_push_applies_to_the_relay_and_telemetry_and_events_arrive() {
     let reply = admin
         .command(&device, Command::Diagnostics)
         .expect("command");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let bundle = loop {
-        let results = admin.command_results(&device).expect("results");
-        if let Some(r) = results.results.iter().find(|r| r.id == reply.id) {
-            match &r.outcome {
-                CommandOutcome::Diagnostics { bundle } => break bundle.clone(),
-                other => panic!("{other:?}"),
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no diagnostics result"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    let bundle = match wait_command_result(&mut admin, &device, reply.id) {
+        CommandOutcome::Diagnostics { bundle } => bundle,
+        other => panic!("{other:?}"),
     };
     assert!(
         bundle.contains("max_sessions = 7") && bundle.contains("relay status"),
@@ -300,19 +301,7 @@ fn rotate_certificate_moves_to_a_new_key_and_reconnects_with_it() {
     let reply = admin
         .command(&device, Command::RotateCertificate)
         .expect("command");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let outcome = loop {
-        let results = admin.command_results(&device).expect("results");
-        if let Some(r) = results.results.iter().find(|r| r.id == reply.id) {
-            break r.outcome.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no rotation result:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let outcome = wait_command_result(&mut admin, &device, reply.id);
     assert!(
         matches!(outcome, CommandOutcome::Rotated { .. }),
         "{outcome:?}"
