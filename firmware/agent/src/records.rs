@@ -46,6 +46,37 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Appends already-encoded `bodies` of one class and writes `cursor` to `cursor_path`, both
+    /// under the spool's lock: the connection cannot send (so the control plane cannot
+    /// acknowledge and the spool cannot delete) these records before the cursor saying they were
+    /// taken is durable. A crash in between leaves them pending, where the caller's start-up
+    /// check finds them. Nothing is appended for an empty `bodies`; the cursor is still written.
+    pub fn push_with_cursor(
+        &self,
+        class: pop_agent_proto::RecordClass,
+        bodies: &[Vec<u8>],
+        cursor_path: &std::path::Path,
+        cursor: &[u8],
+    ) -> Result<(), String> {
+        self.with(|spool| -> Result<(), String> {
+            let now = unix_now_ms();
+            let batch: Vec<pop_spool::NewRecord<'_>> = bodies
+                .iter()
+                .map(|b| pop_spool::NewRecord {
+                    class,
+                    created_unix_ms: now,
+                    body: b,
+                })
+                .collect();
+            if !batch.is_empty() {
+                spool.append_batch(&batch).map_err(|e| e.to_string())?;
+            }
+            crate::fsutil::write_atomic(cursor_path, cursor).map_err(|e| e.to_string())
+        })?;
+        self.appended.notify_one();
+        Ok(())
+    }
+
     /// Appends, logging a failure loudly (CDRs and audit records are never dropped silently:
     /// a refusal raises the spool alarm, reported in telemetry).
     pub fn push_or_log(&self, body: &RecordBody) {

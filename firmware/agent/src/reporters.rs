@@ -3,13 +3,13 @@
 
 use std::sync::PoisonError;
 
+use pop_agent_proto::RecordClass;
 use pop_agent_proto::{
     EventKind, RecordBody, RelayCounters, ServiceHealth, SpoolCounters, Telemetry, UplinkState,
 };
 use serde_json::{json, Value};
 
 use crate::agent::Shared;
-use crate::fsutil::write_atomic;
 use crate::records::cdr_from_relay;
 use crate::services::{linkmon_events, linkmon_status, relay_query};
 use crate::settings::AgentSettings;
@@ -243,20 +243,9 @@ fn collect_cdrs(shared: &Shared, dedup: &mut CdrDedup) -> Result<(), String> {
         // Spool and cursor under the spool's lock: the connection cannot send (so the control
         // plane cannot acknowledge and the spool cannot delete) these records before the
         // cursor is durable. A crash in between leaves them pending, where `dedup` finds them.
-        shared.outbox.with(|spool| -> Result<(), String> {
-            let now = crate::identity::unix_now_ms();
-            let batch: Vec<pop_spool::NewRecord<'_>> = bodies
-                .iter()
-                .map(|b| pop_spool::NewRecord {
-                    class: pop_agent_proto::RecordClass::Cdr,
-                    created_unix_ms: now,
-                    body: b,
-                })
-                .collect();
-            spool.append_batch(&batch).map_err(|e| e.to_string())?;
-            write_atomic(&path, &cursor_bytes).map_err(|e| e.to_string())
-        })?;
-        shared.outbox.appended.notify_one();
+        shared
+            .outbox
+            .push_with_cursor(RecordClass::Cdr, &bodies, &path, &cursor_bytes)?;
         // The next `records` query acknowledges these to the relay, which then forgets them.
         let _ = relay_query(socket, &json!({"op": "records", "after": cursor.seq}));
     }
@@ -312,21 +301,8 @@ fn collect_link_events(shared: &Shared) -> Result<(), String> {
         return Ok(());
     }
     let cursor_bytes = serde_json::to_vec(&last).map_err(|e| e.to_string())?;
-    shared.outbox.with(|spool| -> Result<(), String> {
-        let now = crate::identity::unix_now_ms();
-        let batch: Vec<pop_spool::NewRecord<'_>> = bodies
-            .iter()
-            .map(|b| pop_spool::NewRecord {
-                class: pop_agent_proto::RecordClass::Event,
-                created_unix_ms: now,
-                body: b,
-            })
-            .collect();
-        if !batch.is_empty() {
-            spool.append_batch(&batch).map_err(|e| e.to_string())?;
-        }
-        write_atomic(&path, &cursor_bytes).map_err(|e| e.to_string())
-    })?;
-    shared.outbox.appended.notify_one();
+    shared
+        .outbox
+        .push_with_cursor(RecordClass::Event, &bodies, &path, &cursor_bytes)?;
     Ok(())
 }
